@@ -1,0 +1,100 @@
+"""The `med42ray` command: one thin sub-command per stage, each taking `CONFIG --out DIR`.
+
+Sub-commands parse arguments, load the config with `load_config`, and call the stage's Python
+entry point; no stage logic lives here. Bad input exits non-zero with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from med42ray.config import ConfigError, load_config
+
+app = typer.Typer(
+    name="med42ray",
+    help="Med42 on Ray: prepare data, fine-tune (full or LoRA), evaluate and report.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(model_app, name="model")
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder of this stage.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config field: `--set train.epochs=1` (YAML value)."),
+]
+
+
+class UsageFailure(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`key.path=value` pairs, values parsed as YAML scalars (`1`, `true`, `[a, b]`)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageFailure(f"--set expects key.path=value, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@config_app.command("validate")
+def config_validate(configs: Annotated[list[Path], typer.Argument(show_default=False)]) -> None:
+    """Validate one or more experiment configs; print `ok` per file."""
+    for path in configs:
+        load_config(path)
+        typer.echo(f"ok  {path}")
+
+
+@config_app.command("show")
+def config_show(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Print the resolved config (defaults filled in, overrides applied) as YAML."""
+    typer.echo(load_config(config, parse_overrides(overrides)).to_yaml(), nl=False)
+
+
+@model_app.command("build-tiny")
+def model_build_tiny(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Build the embedded tiny model of CONFIG (cached) and print its folder."""
+    from med42ray.models import build_tiny_model
+
+    cfg = load_config(config, parse_overrides(overrides))
+    typer.echo(str(build_tiny_model(cfg.model.tiny)))
+
+
+@app.command()
+def doctor(config: ConfigArg, out: OutOpt = Path("outputs/doctor"), overrides: SetOpt = None):
+    """Check the set-up end to end: config, Ray, model load, one real optimiser step."""
+    from med42ray.doctor import run_doctor
+
+    cfg = load_config(config, parse_overrides(overrides))
+    summary = run_doctor(cfg, out)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: known failures become one-line errors and non-zero exits."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        app(args=argv, standalone_mode=True)
+    except (ConfigError, UsageFailure, FileNotFoundError) as err:
+        typer.echo("error: " + "; ".join(str(err).splitlines()), err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

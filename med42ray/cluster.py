@@ -1,0 +1,55 @@
+"""Start or join Ray the way every stage expects.
+
+No address (and no `RAY_ADDRESS`): a local Ray on this machine, dashboard off. An address
+(`auto`, `host:port` or `ray://host:10001`, from the config or `RAY_ADDRESS`): join that
+cluster. Inside `ray job submit` the job's driver already has `RAY_ADDRESS` set, so the same
+config runs unchanged on a laptop and on a cluster. Usage statistics are always off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Collected once, so the children of every process that imports us see them.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def ray_address(configured: str | None = None) -> str | None:
+    """The cluster to join: the config's address, else `RAY_ADDRESS`, else None (local)."""
+    return configured or os.environ.get("RAY_ADDRESS") or None
+
+
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Start or join Ray once per process; return the cluster's resources.
+
+    A second call is a no-op, so tests share one Ray session and stages can call it freely.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    target = ray_address(address)
+    options: dict[str, Any] = {"log_to_driver": True, "runtime_env": runtime_env, **kwargs}
+    if target is None:
+        options.update(include_dashboard=False, num_cpus=num_cpus)
+        log.info("starting a local Ray (num_cpus=%s)", num_cpus or "all")
+    else:
+        log.info("joining Ray at %s", target)
+    ray.init(address=target, **{k: v for k, v in options.items() if v is not None})
+    return ray.cluster_resources()
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

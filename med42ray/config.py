@@ -1,0 +1,379 @@
+"""Typed experiment configuration.
+
+One :class:`ExperimentConfig` drives every stage. It is read from YAML by :func:`load_config`,
+the one way configs are read; the same file runs on a laptop and on a cluster (only
+``resources`` changes). Unknown keys and bad values fail with a :class:`ConfigError` that names
+the file, the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MED42_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>: {{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}<|prompter|>:{{ message['content'] }}\n"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>:"
+    "{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}{{ '\\n' }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>:{% endif %}"
+)
+"""The released Med42 prompt format, with generation markers for assistant-only loss masks."""
+
+MED42_SYSTEM_PROMPT = "You are a helpful medical assistant created by M42 Health in the UAE."
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, the field and the reason."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- data
+SourceFormat = Literal["alpaca", "sharegpt", "messages", "medqa", "medmcqa", "pubmedqa", "qa"]
+
+
+class SourceConfig(Section):
+    """One raw corpus: where it is, which schema it has, and how much of it to use."""
+
+    name: str = Field(min_length=1, description="Label used in manifests and reports.")
+    path: str = Field(
+        min_length=1,
+        description="File, glob, directory, object-store URI, or `hf://owner/dataset`.",
+    )
+    format: SourceFormat
+    split: str = "train"
+    subset: str | None = Field(default=None, description="Hub config name, e.g. `pqa_labeled`.")
+    weight: float = Field(default=1.0, gt=0, le=1, description="Fraction of records kept.")
+    max_records: int | None = Field(default=None, gt=0)
+    epochs: int = Field(default=1, ge=1, description="Times each kept record is repeated.")
+
+
+class FilterConfig(Section):
+    min_tokens: int = Field(default=4, ge=0)
+    max_tokens: int = Field(default=4096, gt=0)
+    max_non_text_ratio: float = Field(default=0.3, ge=0, le=1)
+    languages: list[str] | None = Field(default=None, description="Keep only these (optional).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FilterConfig:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must not exceed max_tokens")
+        return self
+
+
+class NearDedupConfig(Section):
+    enabled: bool = True
+    shingle_size: int = Field(default=5, ge=1, description="Words per shingle.")
+    num_perm: int = Field(default=128, ge=8)
+    bands: int = Field(default=16, ge=1)
+    threshold: float = Field(default=0.8, gt=0, le=1, description="Jaccard similarity.")
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> NearDedupConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(
+                f"num_perm ({self.num_perm}) must be divisible by bands ({self.bands})"
+            )
+        return self
+
+
+class DecontamConfig(Section):
+    enabled: bool = True
+    ngram: int = Field(default=13, ge=1, description="Word n-gram size (13 as in GPT-3).")
+    threshold: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Remove when the share of an item's n-grams found in a record exceeds this; "
+        "0 removes on any shared n-gram.",
+    )
+    fuzzy: bool = False
+    fuzzy_threshold: float = Field(default=0.8, gt=0, le=1)
+    benchmarks: list[str] | None = Field(
+        default=None, description="Benchmarks to index; default: those in `eval.benchmarks`."
+    )
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    system_prompt: str | None = MED42_SYSTEM_PROMPT
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    exact_dedup: bool = True
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    decontamination: DecontamConfig = Field(default_factory=DecontamConfig)
+    max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
+    rows_per_shard: int = Field(default=50_000, gt=0)
+    eval_fraction: float = Field(default=0.0, ge=0, lt=1, description="Held-out share.")
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> DataConfig:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {dupes}")
+        return self
+
+
+# -------------------------------------------------------------------------------------- model
+class TinyModelConfig(Section):
+    """The embedded offline model: a small Llama with random weights and a local tokenizer."""
+
+    vocab_size: int = Field(default=2048, ge=300)
+    hidden_size: int = Field(default=128, ge=64)
+    intermediate_size: int = Field(default=256, ge=1)
+    num_hidden_layers: int = Field(default=2, ge=1)
+    num_attention_heads: int = Field(default=2, ge=1)
+    num_key_value_heads: int | None = None
+    max_position_embeddings: int = Field(default=1024, ge=16)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _head_dim(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size must be divisible by num_attention_heads")
+        if self.hidden_size // self.num_attention_heads < 64:
+            raise ValueError(
+                "head dimension (hidden_size / num_attention_heads) must be >= 64 "
+                "(vLLM's CPU attention rejects smaller heads)"
+            )
+        return self
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        default="tiny",
+        description="Hub id (`meta-llama/Llama-2-7b-hf`), local folder, or `tiny` for the "
+        "embedded offline model built from `tiny`.",
+    )
+    revision: str | None = None
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    chat_template: str | None = Field(
+        default=None, description="Jinja chat template; overrides the tokenizer's own."
+    )
+    attn_implementation: str | None = None
+
+
+# -------------------------------------------------------------------------------------- train
+class DeepSpeedConfig(Section):
+    enabled: bool = True
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_param: bool = False
+    config_path: str | None = Field(
+        default=None, description="A DeepSpeed JSON that overrides the generated settings."
+    )
+
+    @model_validator(mode="after")
+    def _offload(self) -> DeepSpeedConfig:
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("offload_param needs zero_stage 3")
+        return self
+
+
+class LoraConfig(Section):
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        min_length=1,
+    )
+    merge_on_export: bool = False
+
+
+class OptimizerConfig(Section):
+    lr: float = Field(default=2e-5, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(default=1e-8, gt=0)
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+
+
+class TrainConfig(Section):
+    strategy: Literal["full", "lora"] = "full"
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps.")
+    micro_batch_size: int = Field(default=1, gt=0, description="Rows per worker per step.")
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    max_seq_len: int = Field(default=4096, gt=0)
+    packing: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    log_every: int = Field(default=1, gt=0)
+    eval_every: int | None = Field(default=None, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    keep_checkpoints: int = Field(default=2, gt=0)
+    resume: bool = True
+    max_failures: int = Field(default=0, ge=-1)
+    seed: int = 42
+
+
+# --------------------------------------------------------------------------------------- tune
+class TuneConfig(Section):
+    num_samples: int = Field(default=1, gt=0)
+    metric: str = "eval_loss"
+    mode: Literal["min", "max"] = "min"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    search_alg: Literal["random", "grid", "optuna"] = "random"
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    search_space: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------- eval
+class BenchmarkConfig(Section):
+    name: str = Field(min_length=1, description="A task in `benchmarks/` (e.g. `medqa`).")
+    path: str | None = Field(default=None, description="Local file instead of the hub id.")
+    limit: int | None = Field(default=None, gt=0)
+
+
+class EvalConfig(Section):
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
+    engine: Literal["hf", "vllm"] = "hf"
+    scoring: Literal["loglikelihood", "generate"] = "loglikelihood"
+    num_fewshot: int = Field(default=0, ge=0)
+    use_chat_template: bool = False
+    batch_size: int = Field(default=16, gt=0)
+    max_model_len: int = Field(default=4096, gt=0)
+    max_new_tokens: int = Field(default=16, gt=0)
+    num_actors: int = Field(default=1, gt=0)
+    gpus_per_actor: float = Field(default=0, ge=0)
+    tensor_parallel_size: int = Field(default=1, gt=0)
+    seed: int = 1234
+
+
+# ------------------------------------------------------------------------------------- report
+class ReportConfig(Section):
+    title: str = "Med42: full-parameter fine-tuning vs LoRA"
+    plots: bool = True
+
+
+# ---------------------------------------------------------------------------------- resources
+class ResourcesConfig(Section):
+    ray_address: str | None = Field(
+        default=None, description="Ray to join; default `RAY_ADDRESS`, else a local Ray."
+    )
+    num_workers: int = Field(default=1, gt=0)
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(default=1, ge=0)
+    cpus_per_worker: float = Field(default=1, gt=0)
+    storage_path: str | None = Field(
+        default=None, description="Ray Train/Tune storage: a folder, `s3://` or `gs://`."
+    )
+
+
+# ------------------------------------------------------------------------------------- whole
+class ExperimentConfig(Section):
+    name: str = Field(default="experiment", min_length=1)
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short content hash of the named sections (all when none): stage cache keys."""
+        dumped = self.model_dump(mode="json")
+        picked = {k: dumped[k] for k in sections} if sections else dumped
+        blob = json.dumps(picked, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "<root>"
+
+
+def format_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem: `file: field.path: reason`."""
+    lines = []
+    for err in error.errors():
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+        reason = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            reason = "unknown key"
+        lines.append(f"{source}: {_field_path(loc)}: {reason}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate an already-parsed mapping; errors name `source` and the field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(source, err)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read and validate an experiment YAML, applying dotted-key `overrides` on top."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror or err}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}".replace("\n", " ")) from None
+    raw = {} if raw is None else raw
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value, source=str(path))
+    return parse_config(raw, str(path))
+
+
+def set_dotted(raw: Any, key: str, value: Any, source: str = "<config>") -> None:
+    """Set `a.b.c` in a nested mapping, creating sections as needed."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping")
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {key}: `{part}` is not a section")
+        node = child
+    node[leaf] = value

@@ -1,0 +1,115 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from med42ray.cli import app
+
+from .conftest import CONFIGS, REPO
+
+runner = CliRunner()
+COMMANDS = [
+    [],
+    ["config"],
+    ["config", "validate"],
+    ["config", "show"],
+    ["model"],
+    ["model", "build-tiny"],
+    ["doctor"],
+]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script, as a user runs it."""
+    exe = Path(sys.executable).with_name("med42ray")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "med42ray")
+def test_help(args: list[str]) -> None:
+    result = runner.invoke(app, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_console_script_help_lists_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for name in ("config", "model", "doctor"):
+        assert name in result.stdout
+
+
+def test_validate_all_shipped_configs() -> None:
+    paths = [str(p) for p in sorted(CONFIGS.glob("*.yaml"))]
+    result = runner.invoke(app, ["config", "validate", *paths])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok  ") == len(paths)
+
+
+def test_show_applies_overrides() -> None:
+    tiny = str(CONFIGS / "tiny.yaml")
+    result = runner.invoke(
+        app,
+        [
+            "config",
+            "show",
+            tiny,
+            "--set",
+            "train.strategy=lora",
+            "--set",
+            "train.lora.target_modules=[q_proj, v_proj]",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.output)
+    assert shown["train"]["strategy"] == "lora"
+    assert shown["train"]["lora"]["target_modules"] == ["q_proj", "v_proj"]
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  strategy: qlora\n  epochs: 0\n")
+    result = run_cli("config", "validate", str(bad))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {bad}: train.strategy: Input should be")
+    assert "train.epochs" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["config", "validate", "nope.yaml"], "error: nope.yaml: cannot read config"),
+        (["config", "show", "configs/tiny.yaml", "--set", "epochs"], "error: --set expects"),
+        (
+            ["config", "show", "configs/tiny.yaml", "--set", "train.bogus=1"],
+            "error: configs/tiny.yaml: train.bogus: unknown key",
+        ),
+    ],
+)
+def test_error_paths(args: list[str], message: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message), result.stderr
+
+
+def test_unknown_command_fails() -> None:
+    result = run_cli("frobnicate")
+    assert result.returncode != 0
+
+
+def test_doctor_takes_a_real_step(ray_session, tiny_model_path: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["doctor", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "doctor.json").read_text())
+    step = summary["step"]
+    assert step["model"] == str(tiny_model_path)
+    assert step["loss_after"] < step["loss_before"]
+    assert summary["ray_resources"]["CPU"] == 2
+    assert summary["packages"]["torch"].startswith("2.")
