@@ -253,9 +253,17 @@ class TuneConfig(Section):
 
 # --------------------------------------------------------------------------------------- eval
 class BenchmarkConfig(Section):
-    name: str = Field(min_length=1, description="A task in `benchmarks/` (e.g. `medqa`).")
+    name: str = Field(min_length=1, description="A task in `med42ray/eval/tasks/` (`medqa`).")
     path: str | None = Field(default=None, description="Local file instead of the hub id.")
     limit: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _known_task(self) -> BenchmarkConfig:
+        from med42ray.eval.benchmarks import list_tasks
+
+        if self.name not in list_tasks():
+            raise ValueError(f"unknown benchmark {self.name!r}; known: {', '.join(list_tasks())}")
+        return self
 
 
 class EvalConfig(Section):

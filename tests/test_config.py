@@ -114,3 +114,9 @@ def test_fingerprint_tracks_sections() -> None:
 def test_yaml_round_trip(tmp_path: Path) -> None:
     cfg = load_config(CONFIGS / "llama2-70b-lora.yaml")
     assert load_config(write(tmp_path, cfg.to_yaml())) == cfg
+
+
+def test_unknown_benchmark_is_rejected(tmp_path: Path) -> None:
+    path = write(tmp_path, "eval:\n  benchmarks:\n    - {name: medqa}\n    - {name: medqa_5opt}\n")
+    with pytest.raises(ConfigError, match=r"eval\.benchmarks\[1\]: unknown benchmark 'medqa_5opt'"):
+        load_config(path)
