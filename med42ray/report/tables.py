@@ -1,0 +1,113 @@
+"""The report's tables: accuracy in the paper's layout, and cost per strategy.
+
+Inputs are plain DataFrames read from the stages' outputs, so the report can be rebuilt from
+finished runs (`med42ray report RUN_DIR ...`) without rerunning anything.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+# The paper's row order (PAPER.md), then PubMedQA and HeadQA. Group rows are unweighted means.
+PAPER_ROWS: list[tuple[str, str]] = [
+    ("mmlu_clinical_knowledge", "MMLU clinical knowledge"),
+    ("mmlu_college_biology", "MMLU college biology"),
+    ("mmlu_college_medicine", "MMLU college medicine"),
+    ("mmlu_medical_genetics", "MMLU medical genetics"),
+    ("mmlu_professional_medicine", "MMLU professional medicine"),
+    ("mmlu_anatomy", "MMLU anatomy"),
+    ("mmlu_clinical", "MMLU clinical, mean of 6"),
+    ("medmcqa", "MedMCQA"),
+    ("medqa", "MedQA"),
+    ("usmle_self_assessment", "USMLE self-assessment"),
+    ("usmle_sample_exam", "USMLE sample exam"),
+    ("usmle", "USMLE, mean"),
+    ("pubmedqa", "PubMedQA"),
+    ("headqa", "HeadQA"),
+]
+GROUPS: dict[str, list[str]] = {
+    "mmlu_clinical": [b for b, _ in PAPER_ROWS[:6]],
+    "usmle": ["usmle_self_assessment", "usmle_sample_exam"],
+}
+MODEL_ORDER = ["base", "full", "lora"]
+
+
+def group_means(scores: pd.DataFrame) -> pd.DataFrame:
+    """Add the paper's group rows per model: unweighted mean, stderr sqrt(sum se^2) / k.
+
+    `scores` has columns model, benchmark, acc, stderr, n. A group is added for a model only
+    when all its members were scored, so a partial run never shows a misleading mean.
+    """
+    rows = []
+    for model, frame in scores.groupby("model", sort=False):
+        by_bench = frame.set_index("benchmark")
+        for group, members in GROUPS.items():
+            if group in by_bench.index or not set(members) <= set(by_bench.index):
+                continue
+            part = by_bench.loc[members]
+            rows.append(
+                {
+                    "model": model,
+                    "benchmark": group,
+                    "acc": float(part["acc"].mean()),
+                    "stderr": math.sqrt(float((part["stderr"] ** 2).sum())) / len(members),
+                    "n": int(part["n"].sum()),
+                }
+            )
+    return pd.concat([scores, pd.DataFrame(rows)], ignore_index=True) if rows else scores
+
+
+def order_models(models: Sequence[str]) -> list[str]:
+    known = [m for m in MODEL_ORDER if m in models]
+    return known + sorted(m for m in models if m not in MODEL_ORDER)
+
+
+def accuracy_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: one row per benchmark in the paper's order, `acc ± stderr` per model (%)."""
+    scores = group_means(scores)
+    models = order_models(list(dict.fromkeys(scores["model"])))
+    known = dict(PAPER_ROWS)
+    benchmarks = [b for b, _ in PAPER_ROWS if b in set(scores["benchmark"])]
+    benchmarks += sorted(set(scores["benchmark"]) - set(known))
+    index = scores.set_index(["benchmark", "model"])
+    rows = []
+    for bench in benchmarks:
+        row = {"benchmark": known.get(bench, bench)}
+        for model in models:
+            if (bench, model) in index.index:
+                hit = index.loc[(bench, model)]
+                row[model] = f"{100 * hit['acc']:.1f} ± {100 * hit['stderr']:.1f}"
+            else:
+                row[model] = "–"
+        row["n"] = int(index.xs(bench, level="benchmark")["n"].max())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["benchmark", *models, "n"])
+
+
+def cost_table(train: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: trainable/total parameters, peak memory, throughput, time, device-hours.
+
+    `train` has columns strategy, trainable_params, total_params, peak_memory_gb,
+    tokens_per_s, wall_s, num_workers, device ("GPU" or "CPU").
+    """
+    out = pd.DataFrame(
+        {
+            "strategy": train["strategy"],
+            "trainable params": train["trainable_params"].map(lambda v: f"{int(v):,}"),
+            "trainable %": (100 * train["trainable_params"] / train["total_params"]).round(2),
+            "peak memory / worker (GB)": train["peak_memory_gb"].round(2),
+            "train tokens/s": train["tokens_per_s"].round(1),
+            "wall time (s)": train["wall_s"].round(1),
+        }
+    )
+    hours = (train["wall_s"] * train["num_workers"] / 3600).round(4)
+    out["device-hours"] = [f"{h} {d}-h" for h, d in zip(hours, train["device"], strict=True)]
+    return out
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pandas + tabulate)."""
+    return frame.to_markdown(index=False)
