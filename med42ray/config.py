@@ -241,14 +241,45 @@ class TrainConfig(Section):
 
 
 # --------------------------------------------------------------------------------------- tune
+SEARCH_DOMAINS = ("loguniform", "uniform", "quniform", "randint", "choice", "grid")
+
+
 class TuneConfig(Section):
-    num_samples: int = Field(default=1, gt=0)
-    metric: str = "eval_loss"
+    """A Ray Tune sweep over this experiment: `search_space` maps dotted config fields to
+    domains, e.g. `train.optimizer.lr: {loguniform: [1.0e-5, 1.0e-3]}`,
+    `train.lora.r: {choice: [8, 16, 32]}`, `train.strategy: {grid: [full, lora]}`."""
+
+    num_samples: int = Field(default=1, gt=0, description="Samples (times every grid point).")
+    metric: str = Field(
+        default="eval_loss",
+        description="A reported training metric, or "
+        "`accuracy` / `<benchmark>_acc` when `evaluate` is on.",
+    )
     mode: Literal["min", "max"] = "min"
     scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(default=1, gt=0, description="ASHA: reports before stopping.")
+    reduction_factor: float = Field(default=2, gt=1)
     search_alg: Literal["random", "grid", "optuna"] = "random"
     max_concurrent_trials: int | None = Field(default=None, gt=0)
-    search_space: dict[str, Any] = Field(default_factory=dict)
+    evaluate: bool = Field(default=False, description="Score each trial's model after training.")
+    search_space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _domains(self) -> TuneConfig:
+        for key, domain in self.search_space.items():
+            if len(domain) != 1 or next(iter(domain)) not in SEARCH_DOMAINS:
+                raise ValueError(
+                    f"search_space.{key}: expected one of {SEARCH_DOMAINS} "
+                    f"with a list of values, got {domain}"
+                )
+            kind, values = next(iter(domain.items()))
+            if kind in ("loguniform", "uniform", "randint") and len(values) != 2:
+                raise ValueError(f"search_space.{key}: {kind} takes [low, high]")
+            if kind == "quniform" and len(values) != 3:
+                raise ValueError(f"search_space.{key}: quniform takes [low, high, q]")
+            if kind in ("choice", "grid") and not values:
+                raise ValueError(f"search_space.{key}: {kind} needs at least one value")
+        return self
 
 
 # --------------------------------------------------------------------------------------- eval
