@@ -76,6 +76,26 @@ def model_build_tiny(config: ConfigArg, overrides: SetOpt = None) -> None:
     typer.echo(str(build_tiny_model(cfg.model.tiny)))
 
 
+@app.command("eval")
+def eval_command(
+    config: ConfigArg,
+    out: OutOpt,
+    model: Annotated[str | None, typer.Option(help="Model folder or hub id to score.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter on top.")] = None,
+    engine: Annotated[str | None, typer.Option(help="`hf` or `vllm`.")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Score a model (base, full fine-tune, LoRA adapter or merged) on the config's benchmarks."""
+    from med42ray.eval import run_eval
+
+    extra = parse_overrides(overrides)
+    if engine:
+        extra["eval.engine"] = engine
+    cfg = load_config(config, extra)
+    run_eval(cfg, out, model=model, adapter=adapter)
+    typer.echo((out / "summary.md").read_text())
+
+
 @app.command()
 def doctor(config: ConfigArg, out: OutOpt = Path("outputs/doctor"), overrides: SetOpt = None):
     """Check the set-up end to end: config, Ray, model load, one real optimiser step."""

@@ -113,3 +113,21 @@ def test_doctor_takes_a_real_step(ray_session, tiny_model_path: Path, tmp_path: 
     assert step["loss_after"] < step["loss_before"]
     assert summary["ray_resources"]["CPU"] == 2
     assert summary["packages"]["torch"].startswith("2.")
+
+
+def test_eval_command_writes_tables(ray_session, tiny_model_path: Path, tmp_path: Path) -> None:
+    bench = REPO / "data" / "tiny" / "benchmarks" / "medqa.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(CONFIGS / "tiny.yaml"),
+            "--out",
+            str(tmp_path),
+            "--set",
+            f"eval.benchmarks=[{{name: medqa, path: {bench}}}]",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| task | medqa |" in result.output
+    assert (tmp_path / "summary.csv").is_file() and (tmp_path / "predictions.parquet").is_file()

@@ -40,6 +40,8 @@ class TaskSpec(BaseModel):
     dataset_name: str | None = None
     test_split: str
     fewshot_split: str | None = None
+    fewshot_sampler: Literal["random", "first_n"] = "random"
+    fewshot_delimiter: str = "\n\n"
     group: str | None = None
     output_type: Literal["multiple_choice"] = "multiple_choice"
     description: str = ""
