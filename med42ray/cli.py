@@ -24,8 +24,10 @@ app = typer.Typer(
     add_completion=False,
 )
 config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
@@ -76,6 +78,15 @@ def model_build_tiny(config: ConfigArg, overrides: SetOpt = None) -> None:
     typer.echo(str(build_tiny_model(cfg.model.tiny)))
 
 
+@data_app.command("prepare")
+def data_prepare(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> None:
+    """Normalise, filter, deduplicate and decontaminate the config's corpora into OUT."""
+    from med42ray.data import prepare_data
+
+    cfg = load_config(config, parse_overrides(overrides))
+    prepare_data(cfg, out)  # prints progress and the per-source summary
+
+
 @app.command("eval")
 def eval_command(
     config: ConfigArg,
@@ -106,12 +117,20 @@ def doctor(config: ConfigArg, out: OutOpt = Path("outputs/doctor"), overrides: S
     typer.echo(json.dumps(summary, indent=2))
 
 
+def _stage_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input to a stage: shown as one line, exit code 2."""
+    from med42ray.data import DataError
+    from med42ray.eval.benchmarks import BenchmarkError
+
+    return (DataError, BenchmarkError)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: known failures become one-line errors and non-zero exits."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         app(args=argv, standalone_mode=True)
-    except (ConfigError, UsageFailure, FileNotFoundError) as err:
+    except (ConfigError, UsageFailure, FileNotFoundError, *_stage_errors()) as err:
         typer.echo("error: " + "; ".join(str(err).splitlines()), err=True)
         sys.exit(2)
 

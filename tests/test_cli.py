@@ -131,3 +131,28 @@ def test_eval_command_writes_tables(ray_session, tiny_model_path: Path, tmp_path
     assert result.exit_code == 0, result.output
     assert "| task | medqa |" in result.output
     assert (tmp_path / "summary.csv").is_file() and (tmp_path / "predictions.parquet").is_file()
+
+
+def test_data_prepare_command(ray_session, tiny_model_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["data", "prepare", str(CONFIGS / "tiny.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (out / "decontamination.md").is_file()
+    assert list((out / "train").glob("*.parquet"))
+    assert manifest["totals"]["decontaminated"] == 6  # the planted copies, and nothing else
+
+
+def test_data_prepare_bad_source_is_one_line(tmp_path: Path) -> None:
+    result = run_cli(
+        "data",
+        "prepare",
+        "configs/tiny.yaml",
+        "--out",
+        str(tmp_path / "d"),
+        "--set",
+        "data.sources=[{name: x, path: /nope/*.jsonl, format: qa}]",
+    )
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "/nope/*.jsonl" in last

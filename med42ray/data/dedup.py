@@ -1,0 +1,232 @@
+"""Exact and near-duplicate removal as Ray Data stages.
+
+Exact: a 128-bit hash of the normalised text of every turn (`text.normalize`), grouped with
+`groupby(key).aggregate(Count, Min(order))`; in each group the record with the smallest stable
+`order` (source order, file, row) is kept.
+
+Near: MinHash-LSH. Signatures are computed in `map_batches` with a vectorised numpy MinHash
+(seeded `(a*x+b) mod (2^61-1)` permutations over 32-bit word-shingle hashes, as datasketch
+does); each signature is cut into `bands` band keys, `groupby([band, key]).count()` finds the
+colliding buckets, and only those candidates (a small list) reach the driver, where pairs are
+verified (estimated Jaccard >= threshold) and joined into clusters (union-find) that keep their
+smallest `order`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from contextlib import contextmanager
+from itertools import combinations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from med42ray.config import NearDedupConfig
+from med42ray.data.text import ngram_hashes, normalize, word_hashes
+
+_PRIME = np.uint64((1 << 61) - 1)
+_MAX32 = np.uint64(0xFFFFFFFF)
+MAX_BUCKET_PAIRS = 64
+"""Buckets larger than this are verified against their smallest member only."""
+
+
+class MinHasher:
+    """Vectorised MinHash over word shingles, with seeded permutations."""
+
+    def __init__(self, num_perm: int, shingle_size: int, seed: int = 1):
+        rng = np.random.RandomState(seed)
+        self.a = rng.randint(1, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
+        self.b = rng.randint(0, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
+        self.num_perm, self.shingle_size = num_perm, shingle_size
+
+    def signature(self, tokens: list[str]) -> np.ndarray:
+        hashes = word_hashes(tokens)
+        n = min(self.shingle_size, len(hashes)) or 1
+        shingles = np.unique(ngram_hashes(hashes, n) & _MAX32) if len(hashes) else None
+        if shingles is None or not len(shingles):
+            return np.full(self.num_perm, 0xFFFFFFFF, dtype=np.uint32)
+        with np.errstate(over="ignore"):
+            phv = (np.outer(shingles, self.a) + self.b) % _PRIME & _MAX32
+        return phv.min(axis=0).astype(np.uint32)
+
+    def bands(self, sig: np.ndarray, bands: int) -> list[int]:
+        import xxhash
+
+        rows = self.num_perm // bands
+        return [xxhash.xxh3_64_intdigest(sig[i * rows : (i + 1) * rows].tobytes()) >> 1
+                for i in range(bands)]  # 63 bits: fits int64 columns
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """MinHash estimate of the Jaccard similarity of two signatures."""
+    return float(np.mean(a == b))
+
+
+def record_text(messages: list[dict[str, str]], roles=("system", "user", "assistant")) -> str:
+    return "\n".join(m["content"] for m in messages if m["role"] in roles)
+
+
+def exact_key(messages: list[dict[str, str]]) -> str:
+    """Exact-dedup key: hash of role + normalised text of every turn."""
+    import xxhash
+
+    blob = "\x1f".join(f"{m['role']}\x1e{normalize(m['content'])}" for m in messages)
+    return xxhash.xxh3_128_hexdigest(blob.encode("utf-8"))
+
+
+# ------------------------------------------------------------------------------ Ray stages
+def _only_live(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("drop"), ""))
+
+
+def live(ds):
+    """The records not removed so far (lazy)."""
+    return ds.map_batches(_only_live, batch_format="pyarrow")
+
+
+@contextmanager
+def shuffle_context():
+    """Groupbys of the data stage use Ray Data's pull-based sort shuffle: plain tasks, no
+    aggregator actors to start, a few partitions per CPU (Ray's default is 200)."""
+    import ray
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    ctx = DataContext.get_current()
+    saved = ctx.shuffle_strategy
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        yield max(2, min(64, 2 * int(ray.cluster_resources().get("CPU", 1))))
+    finally:
+        ctx.shuffle_strategy = saved
+
+
+def mark(batch: pa.Table, orders: dict[int, str], category: str, reason: str) -> pa.Table:
+    """Mark live rows whose `order` is a key of `orders` as removed (value -> detail)."""
+    drop = batch.column("drop").to_pylist()
+    reasons = batch.column("reason").to_pylist()
+    detail = batch.column("detail").to_pylist()
+    for i, o in enumerate(batch.column("order").to_pylist()):
+        if not drop[i] and o in orders:
+            drop[i], reasons[i], detail[i] = category, reason, orders[o]
+    for name, values in (("drop", drop), ("reason", reasons), ("detail", detail)):
+        batch = batch.set_column(batch.schema.get_field_index(name), name,
+                                 pa.array(values, pa.string()))
+    return batch
+
+
+def _key_rows(batch: pa.Table) -> pa.Table:
+    batch = _only_live(batch)
+    return pa.table({"dkey": batch.column("dkey"), "order": batch.column("order")})
+
+
+def exact_groups(ds) -> dict[str, int]:
+    """dkey -> smallest `order`, for every exact-duplicate group (`groupby` on the key)."""
+    from ray.data.aggregate import Count, Min
+
+    with shuffle_context() as parts:
+        keys = ds.map_batches(_key_rows, batch_format="pyarrow")
+        groups = keys.groupby("dkey", num_partitions=parts).aggregate(Count(), Min("order"))
+        groups = groups.map_batches(_collisions, batch_format="pyarrow").to_pandas()
+    return {k: int(o) for k, o in zip(groups["dkey"], groups["min(order)"], strict=True)}
+
+
+def _collisions(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.greater(batch.column("count()"), 1))
+
+
+def mark_exact(batch: pa.Table, keep: dict[str, int], ids: dict[int, str]) -> pa.Table:
+    """Mark live rows that share a key with an earlier (smaller `order`) row."""
+    orders = batch.column("order").to_pylist()
+    found = {o: f"duplicate of {ids[keep[k]]}"
+             for k, o, d in zip(batch.column("dkey").to_pylist(), orders,
+                                batch.column("drop").to_pylist(), strict=True)
+             if not d and k in keep and keep[k] != o}
+    return mark(batch, found, "deduplicated", "exact") if found else batch
+
+
+def _signatures(batch: pa.Table, cfg: NearDedupConfig, seed: int) -> pa.Table:
+    batch = _only_live(batch)
+    hasher = MinHasher(cfg.num_perm, cfg.shingle_size, seed)
+    sigs, bands = [], []
+    for msgs in batch.column("messages").to_pylist():
+        sig = hasher.signature(normalize(record_text(msgs)).split())
+        sigs.append(sig.tolist())
+        bands.append(hasher.bands(sig, cfg.bands))
+    return pa.table({"order": batch.column("order"),
+                     "sig": pa.array(sigs, pa.list_(pa.uint32())),
+                     "bands": pa.array(bands, pa.list_(pa.int64()))})
+
+
+def _explode(batch: pa.Table) -> pa.Table:
+    bands = batch.column("bands").combine_chunks()
+    width = len(bands[0]) if len(bands) else 0
+    keys = pc.list_flatten(bands)
+    return pa.table({
+        "band": pa.array([i % width for i in range(len(keys))] if width else [], pa.int32()),
+        "bkey": keys,
+        "order": pa.array([o for o in batch.column("order").to_pylist() for _ in range(width)],
+                          pa.int64()),
+    })
+
+
+def find_near_duplicates(ds, cfg: NearDedupConfig, ids: Callable[[int], str] | None = None,
+                         seed: int = 1) -> tuple[dict[int, str], dict]:
+    """order -> detail for live records in a MinHash-LSH cluster with a smaller `order`.
+
+    Signatures and band keys: `map_batches`; colliding buckets: `groupby([band, bkey])`; the
+    candidates (only rows with a colliding band) go to the driver for the pairwise check."""
+    with shuffle_context() as parts:
+        sigs = ds.map_batches(_signatures, batch_format="pyarrow",
+                              fn_kwargs={"cfg": cfg, "seed": seed}).materialize()
+        hits = sigs.map_batches(_explode, batch_format="pyarrow").groupby(
+            ["band", "bkey"], num_partitions=parts).count()
+        hits = hits.map_batches(_collisions, batch_format="pyarrow").to_pandas()
+    stats = {"buckets_with_collisions": len(hits), "candidate_pairs": 0, "verified_pairs": 0}
+    if hits.empty:
+        return {}, stats
+    colliding = set(zip(hits["band"].tolist(), hits["bkey"].tolist(), strict=True))
+
+    def candidates(batch: pa.Table) -> pa.Table:
+        keep = [any((b, k) in colliding for b, k in enumerate(bands))
+                for bands in batch.column("bands").to_pylist()]
+        return batch.filter(pa.array(keep, pa.bool_()))
+
+    rows = sigs.map_batches(candidates, batch_format="pyarrow").to_pandas()
+    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
+    signature: dict[int, np.ndarray] = {}
+    for order, sig, bands in zip(rows["order"], rows["sig"], rows["bands"], strict=True):
+        signature[int(order)] = np.asarray(sig, dtype=np.uint32)
+        for b, k in enumerate(bands):
+            if (b, int(k)) in colliding:
+                buckets[(b, int(k))].append(int(order))
+    pairs: set[tuple[int, int]] = set()
+    for members in buckets.values():
+        members = sorted(set(members))
+        if len(members) <= MAX_BUCKET_PAIRS:
+            pairs.update(combinations(members, 2))
+        else:
+            pairs.update((members[0], o) for o in members[1:])
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    verified = 0
+    for a, b in sorted(pairs):
+        if jaccard(signature[a], signature[b]) >= cfg.threshold:
+            verified += 1
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    stats.update(candidate_pairs=len(pairs), verified_pairs=verified)
+    out = {}
+    for o in sorted(signature):
+        root = find(o)
+        if root != o:
+            kept = ids(root) if ids else str(root)
+            out[o] = f"near-duplicate of {kept} (MinHash Jaccard >= {cfg.threshold})"
+    return out, stats

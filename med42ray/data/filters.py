@@ -1,0 +1,101 @@
+"""Cleaning filters, written once in the datatrove shape: `check(record) -> reason | None`.
+
+:class:`RecordFilter` is a Ray Data actor (the tokenizer is loaded once per actor, never per
+row); each removed record is marked `drop="filtered"` with its reason, so the manifest counts
+`dropped_{reason}`. Reasons, in the order they are checked: `empty_turn`, `no_assistant`,
+`non_text`, `language`, `too_short`, `too_long`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from med42ray.config import FilterConfig, ModelConfig
+from med42ray.data.dedup import exact_key
+from med42ray.data.sources import DataError
+from med42ray.data.text import english_stopword_ratio, non_text_ratio, normalize
+
+REASONS = ("empty_turn", "no_assistant", "non_text", "language", "too_short", "too_long")
+SUPPORTED_LANGUAGES = ("en",)
+MIN_WORDS_FOR_LANGUAGE = 8
+"""Records shorter than this are not judged by the language heuristic."""
+MIN_EN_STOPWORD_RATIO = 0.05
+
+
+def check_languages(cfg: FilterConfig) -> None:
+    """Reject languages the stopword heuristic cannot judge (no new dependencies)."""
+    bad = sorted(set(cfg.languages or ()) - set(SUPPORTED_LANGUAGES))
+    if bad:
+        raise DataError(
+            f"data.filters.languages: {bad} not supported; the language filter is an English "
+            f"stopword heuristic and accepts only {list(SUPPORTED_LANGUAGES)}"
+        )
+
+
+def check_text(messages: list[dict[str, str]], cfg: FilterConfig) -> str | None:
+    """The first cheap (token-free) reason to drop a record, or None."""
+    if any(not m["content"].strip() for m in messages):
+        return "empty_turn"
+    if not any(m["role"] == "assistant" for m in messages):
+        return "no_assistant"
+    body = "\n".join(m["content"] for m in messages if m["role"] != "system")
+    if non_text_ratio(body) > cfg.max_non_text_ratio:
+        return "non_text"
+    if cfg.languages:
+        words = normalize(body).split()
+        if (len(words) >= MIN_WORDS_FOR_LANGUAGE
+                and english_stopword_ratio(words) < MIN_EN_STOPWORD_RATIO):
+            return "language"
+    return None
+
+
+def token_texts(messages: list[dict[str, str]]) -> tuple[str, str]:
+    """(system text, conversation text): `too_short` counts the conversation's tokens,
+    `too_long` both (what training will see)."""
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    return system, "\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
+class RecordFilter:
+    """Ray Data actor that marks filtered records; loads the tokenizer once."""
+
+    def __init__(self, model_cfg: ModelConfig, tokenizer_path: str, cfg: FilterConfig):
+        from med42ray.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_cfg, path=tokenizer_path)
+        self.cfg = cfg
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        enc = self.tokenizer(texts, add_special_tokens=False, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        drop = batch.column("drop").to_pylist()
+        reason = batch.column("reason").to_pylist()
+        msgs = batch.column("messages").to_pylist()
+        pending = []
+        for i, d in enumerate(drop):
+            if d:
+                continue
+            why = check_text(msgs[i], self.cfg)
+            if why:
+                drop[i], reason[i] = "filtered", why
+            else:
+                pending.append(i)
+        texts = [token_texts(msgs[i]) for i in pending]
+        system = self.count_tokens([t[0] for t in texts])
+        body = self.count_tokens([t[1] for t in texts])
+        dkey = batch.column("dkey").to_pylist()
+        for i, n_sys, n_body in zip(pending, system, body, strict=True):
+            if n_body < self.cfg.min_tokens:
+                drop[i], reason[i] = "filtered", "too_short"
+            elif n_sys + n_body > self.cfg.max_tokens:
+                drop[i], reason[i] = "filtered", "too_long"
+            else:
+                dkey[i] = exact_key(msgs[i])
+        for name, values in (("drop", drop), ("reason", reason), ("dkey", dkey)):
+            batch = batch.set_column(batch.schema.get_field_index(name), name,
+                                     pa.array(values, pa.string()))
+        return batch
