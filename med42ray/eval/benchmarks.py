@@ -144,6 +144,13 @@ def _medqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
             tuple(LETTERS[:4]),
             int(rec["label"]),
         )
+    return _lettered_item(task, index, rec, subset=rec.get("meta_info"))
+
+
+def _lettered_item(
+    task: str, index: int, rec: Mapping[str, Any], subset: str | None
+) -> BenchmarkItem:
+    """`question`, `options` {A: .., B: ..}, `answer_idx` (MedQA and the USMLE files)."""
     labels, choices = _letter_options(rec["options"])
     gold = labels.index(str(rec["answer_idx"]).strip().upper())
     return BenchmarkItem(
@@ -153,7 +160,7 @@ def _medqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
         choices,
         labels,
         gold,
-        subset=rec.get("meta_info"),
+        subset=subset,
     )
 
 
@@ -220,17 +227,8 @@ def _mmlu(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
 def _usmle(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem | None:
     if rec.get("has_image"):
         return None
-    labels, choices = _letter_options(rec["options"])
-    gold = labels.index(str(rec["answer_idx"]).strip().upper())
-    return BenchmarkItem(
-        task,
-        str(rec.get("id", index)),
-        str(rec["question"]),
-        choices,
-        labels,
-        gold,
-        subset=str(rec["step"]) if rec.get("step") is not None else None,
-    )
+    step = rec.get("step")
+    return _lettered_item(task, index, rec, subset=str(step) if step is not None else None)
 
 
 NORMALISERS: dict[str, Normaliser] = {
