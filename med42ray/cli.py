@@ -87,6 +87,40 @@ def data_prepare(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> No
     prepare_data(cfg, out)  # prints progress and the per-source summary
 
 
+@app.command("train")
+def train_command(
+    config: ConfigArg,
+    out: OutOpt,
+    strategy: Annotated[str | None, typer.Option(help="`full` or `lora`.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Chat-schema JSONL/Parquet (default: OUT/../data/train).")
+    ] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Held-out chat data (eval loss).")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Fine-tune the config's model (full under DeepSpeed ZeRO, or LoRA) on Ray Train."""
+    from med42ray.train import run_training
+
+    extra = parse_overrides(overrides)
+    if strategy:
+        extra["train.strategy"] = strategy
+    cfg = load_config(config, extra)
+    train_data, held_out = resolve_train_data(out, data, eval_data)
+    result = run_training(cfg, train_data, out, eval_data=held_out)
+    typer.echo(json.dumps(result.to_json(), indent=2, default=str))
+
+
+def resolve_train_data(out: Path, data: str | None, eval_data: str | None):
+    """`--data`, else the data stage's shards beside OUT (`med42ray data prepare --out`)."""
+    if data:
+        return data, eval_data
+    prepared = out.parent / "data"
+    if not (prepared / "train").is_dir():
+        raise UsageFailure(f"no --data given and no prepared data at {prepared}/train")
+    held_out = prepared / "eval"
+    return str(prepared / "train"), eval_data or (str(held_out) if held_out.is_dir() else None)
+
+
 @app.command("eval")
 def eval_command(
     config: ConfigArg,

@@ -156,3 +156,12 @@ def test_data_prepare_bad_source_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "/nope/*.jsonl" in last
+
+
+def test_train_without_data_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("train", "configs/tiny.yaml", "--out", str(tmp_path / "full"))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"error: no --data given and no prepared data at {tmp_path / 'data'}/train"
+    )

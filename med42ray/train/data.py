@@ -1,0 +1,105 @@
+"""Training data: chat-schema JSONL/Parquet read with Ray Data, tokenised and packed per worker.
+
+The driver opens the files as a Ray Data dataset (only the `messages` column). Every worker
+streams it through `ray.train.get_dataset_shard(name)` in file order and keeps the rows whose
+index is its rank modulo the world size, so the split is the same on every run, which is what
+makes the data order reproducible and a resumed run see exactly the batches it would have seen.
+Rows are then tokenised (assistant-only labels), packed, and served per epoch in a seeded
+shuffle; resuming at step `s` skips the first `s * micro_batch * grad_accum` rows of the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from med42ray.train.packing import PackStats, Row, build_rows
+from med42ray.train.tokenize import Sample, tokenize_chat
+
+SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def chat_files(path: str | Path) -> tuple[list[str], str]:
+    """The files behind `path` (a file, a folder of them, or a URI) and their format."""
+    text = str(path)
+    if "://" in text:
+        suffix = Path(text.split("://", 1)[1]).suffix
+        return [text], SUFFIXES.get(suffix, "parquet" if not suffix else "json")
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FileNotFoundError(f"{path}: no such training data file or folder")
+    formats = {SUFFIXES.get(p.suffix) for p in files}
+    if not files or None in formats or len(formats) > 1:
+        raise ValueError(f"{path}: expected .jsonl/.json or .parquet files (one format)")
+    return [str(p.resolve()) for p in files], formats.pop()
+
+
+def read_chat_dataset(path: str | Path):
+    """A Ray Data dataset of the `messages` column of the chat files at `path`."""
+    import ray.data
+
+    files, fmt = chat_files(path)
+    if fmt == "parquet":
+        ds = ray.data.read_parquet(files, columns=["messages"])
+    else:
+        ds = ray.data.read_json(files, lines=True).select_columns(["messages"])
+    ds.context.enable_progress_bars = False
+    ds.context.execution_options.preserve_order = True  # the worker split relies on file order
+    return ds
+
+
+def shard_samples(name: str, tokenizer, max_seq_len: int, rank: int, world: int) -> list[Sample]:
+    """This worker's rows of dataset `name` (index % world == rank), tokenised."""
+    import ray.train
+
+    iterator = ray.train.get_dataset_shard(name)
+    if iterator is None:
+        return []
+    samples = []
+    for index, row in enumerate(iterator.iter_rows()):
+        if index % world == rank:
+            samples.append(tokenize_chat(tokenizer, row["messages"], max_seq_len))
+    return samples
+
+
+class RowSchedule:
+    """Rows of one worker, served per epoch in a seeded order, resumable at any step."""
+
+    def __init__(self, rows: list[Row], stats: PackStats, rows_per_step: int, seed: int):
+        self.rows = rows
+        self.stats = stats
+        self.rows_per_step = rows_per_step
+        self.seed = seed
+        self.steps_per_epoch = len(rows) // rows_per_step
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+
+    def steps(self, start: int, steps_per_epoch: int) -> Iterator[tuple[int, list[Row]]]:
+        """(step, rows of that step) from global step `start` on, forever (epochs repeat)."""
+        step = start
+        while True:
+            epoch, offset = divmod(step, steps_per_epoch)
+            order = self.epoch_order(epoch)
+            for k in range(offset, steps_per_epoch):
+                picked = order[k * self.rows_per_step : (k + 1) * self.rows_per_step]
+                yield step, [self.rows[i] for i in picked]
+                step += 1
+
+
+def build_schedule(
+    samples: list[Sample],
+    max_seq_len: int,
+    pad_id: int,
+    packing: bool,
+    rows_per_step: int,
+    seed: int,
+) -> RowSchedule:
+    rows, stats = build_rows(samples, max_seq_len, pad_id, packing)
+    return RowSchedule(rows, stats, rows_per_step, seed)

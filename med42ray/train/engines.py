@@ -1,0 +1,258 @@
+"""Engines: how the model, optimiser and schedule are wrapped for data-parallel training.
+
+`DeepSpeedEngine` (ZeRO stage 0-3, optional CPU offload) and `DDPEngine` (Ray Train's
+`prepare_model`, torch AdamW; the reference) offer the same small interface, so the recipe's one
+loop drives either: `loss = engine.forward(batch)`, `engine.backward(loss)`, `engine.step()`
+once per micro-batch (the optimiser steps on the accumulation boundary), `save`/`load` for
+checkpoints and `state_dict_for_export` for the final weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from med42ray.config import ExperimentConfig
+from med42ray.train.deepspeed_config import build_deepspeed_config
+from med42ray.train.optim import build_optimizer, build_scheduler, lr_lambda
+from med42ray.train.strategies import Strategy
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Engine(ABC):
+    def __init__(self, cfg: ExperimentConfig, strategy: Strategy, precision: str, world: int):
+        self.cfg = cfg
+        self.strategy = strategy
+        self.precision = precision
+        self.world = world
+        self.module: torch.nn.Module | None = None  # the unwrapped HF / PEFT model
+
+    # --- model construction -------------------------------------------------------------
+    load_dtype = torch.float32
+
+    def model_init_context(self):
+        """Context in which the model is loaded (ZeRO-3 partitions weights while loading)."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def wrap(self, model: torch.nn.Module, total_steps: int) -> None: ...
+
+    # --- one micro-batch ------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    @abstractmethod
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def step(self) -> bool:
+        """After each micro-batch; returns True when the optimiser stepped."""
+
+    @property
+    @abstractmethod
+    def lr(self) -> float: ...
+
+    @property
+    @abstractmethod
+    def grad_norm(self) -> float | None: ...
+
+    def train(self, mode: bool = True) -> None:
+        self.module.train(mode)
+
+    # --- state ----------------------------------------------------------------------------
+    @abstractmethod
+    def save(self, path: Path, rank: int) -> None: ...
+
+    @abstractmethod
+    def load(self, path: Path) -> None: ...
+
+    def state_dict_for_export(self, names: list[str], rank: int) -> dict[str, Any] | None:
+        """Full tensors of `names` on rank 0 (None elsewhere); every rank must call it."""
+        params = dict(self.module.named_parameters())
+        out: dict[str, Any] = {}
+        for name in names:
+            with self.gathered([params[name]]):
+                if rank == 0:
+                    out[name] = params[name].detach().to("cpu", copy=True)
+        return out if rank == 0 else None
+
+    def gathered(self, params):
+        return contextlib.nullcontext()
+
+
+class DDPEngine(Engine):
+    """Plain data parallel: torch DDP (via Ray Train) + torch AdamW + LambdaLR + clipping."""
+
+    def wrap(self, model, total_steps):
+        import ray.train.torch
+
+        if self.precision == "fp16":
+            raise ValueError("fp16 training needs DeepSpeed (train.deepspeed.enabled: true)")
+        self.module = model
+        self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
+        self.optimizer = build_optimizer(model.parameters(), self.cfg.train.optimizer)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.train.schedule, total_steps)
+        self.accum = self.cfg.train.gradient_accumulation_steps
+        self.micro = 0
+        self._grad_norm = None
+        self.device = next(model.parameters()).device
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward(self, inputs):
+        with self._autocast():
+            return self.model(**inputs, use_cache=False).loss
+
+    def backward(self, loss):
+        boundary = (self.micro + 1) % self.accum == 0
+        sync = (
+            contextlib.nullcontext()
+            if boundary
+            else getattr(self.model, "no_sync", contextlib.nullcontext)()
+        )
+        with sync:
+            (loss / self.accum).backward()
+
+    def step(self):
+        self.micro += 1
+        if self.micro % self.accum:
+            return False
+        max_norm = self.cfg.train.max_grad_norm
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        self._grad_norm = float(norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    @property
+    def lr(self):
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def grad_norm(self):
+        return self._grad_norm
+
+    def _module_state(self):
+        if self.strategy.checkpoint_frozen:
+            return self.module.state_dict()
+        keep = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.module.state_dict().items() if k in keep}
+
+    def save(self, path, rank):
+        if rank == 0:
+            state = {
+                "module": self._module_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "micro": self.micro,
+            }
+            torch.save(state, path / "ddp_state.pt")
+
+    def load(self, path):
+        state = torch.load(path / "ddp_state.pt", map_location=self.device, weights_only=False)
+        self.module.load_state_dict(state["module"], strict=self.strategy.checkpoint_frozen)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.micro = state["micro"]
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO: the config dict is generated (+ user JSON), the schedule is torch's."""
+
+    TAG = "deepspeed"
+
+    def __init__(self, cfg, strategy, precision, world):
+        super().__init__(cfg, strategy, precision, world)
+        self.ds_config = build_deepspeed_config(cfg.train, world, precision)
+        self.stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+        self._hf_ds_config = None
+
+    @property
+    def load_dtype(self):
+        return DTYPES[self.precision]
+
+    def model_init_context(self):
+        if self.stage == 3:
+            # Keeps ZeRO-3 alive for from_pretrained: weights are partitioned as they load
+            # (zero.Init), which needs DeepSpeed's view of the process group Ray Train made.
+            import deepspeed
+            from transformers.integrations import HfDeepSpeedConfig
+
+            deepspeed.init_distributed()
+            self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
+        return contextlib.nullcontext()
+
+    def wrap(self, model, total_steps):
+        import deepspeed
+
+        self.module = model
+        scheduler = None
+        if "scheduler" not in self.ds_config:
+            factor = lr_lambda(self.cfg.train.schedule, total_steps)
+
+            def scheduler(optimizer):
+                return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=self.ds_config,
+            lr_scheduler=scheduler,
+        )
+        self.device = self.engine.device
+
+    def forward(self, inputs):
+        return self.engine(**inputs, use_cache=False).loss
+
+    def backward(self, loss):
+        self.engine.backward(loss)
+
+    def step(self):
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        return boundary
+
+    @property
+    def lr(self):
+        return float(self.engine.get_lr()[0])
+
+    @property
+    def grad_norm(self):
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def save(self, path, rank):
+        self.engine.save_checkpoint(
+            str(path),
+            tag=self.TAG,
+            exclude_frozen_parameters=not self.strategy.checkpoint_frozen,
+        )
+
+    def load(self, path):
+        loaded, _ = self.engine.load_checkpoint(
+            str(path), tag=self.TAG, load_module_strict=self.strategy.checkpoint_frozen
+        )
+        if loaded is None:
+            raise RuntimeError(f"no DeepSpeed checkpoint under {path}")
+
+    def gathered(self, params):
+        if self.stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+def build_engine(cfg: ExperimentConfig, strategy: Strategy, precision: str, world: int) -> Engine:
+    cls = DeepSpeedEngine if cfg.train.deepspeed.enabled else DDPEngine
+    return cls(cfg, strategy, precision, world)

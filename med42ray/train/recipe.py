@@ -1,0 +1,344 @@
+"""The fine-tuning recipe that every Ray Train worker runs: setup -> train -> save -> cleanup.
+
+Features (from `ExperimentConfig.train`): full or LoRA strategy; DeepSpeed ZeRO 0-3 (optional
+CPU offload) or plain DDP; chat-template tokenisation with assistant-only labels; packing with
+per-sample position ids (or per-batch padding); AdamW with warmup + cosine/linear/constant
+schedule; gradient accumulation and clipping; fp32/bf16/fp16; gradient checkpointing; held-out
+eval loss; checkpoints every `checkpoint_every` steps and at the end (kept to the last K by Ray
+Train); resume from the latest checkpoint, bit-for-bit on the same data order; per-step metrics
+reported through `ray.train.report` and kept in `metrics.jsonl` inside every checkpoint.
+
+There is one loop. What differs between strategies lives in a `Strategy`
+(`med42ray.train.strategies`), what differs between DeepSpeed and DDP in an `Engine`
+(`med42ray.train.engines`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from med42ray.config import ExperimentConfig
+from med42ray.models import load_tokenizer
+from med42ray.train.data import RowSchedule, build_schedule, shard_samples
+from med42ray.train.engines import build_engine
+from med42ray.train.metrics import mfu, peak_flops, peak_memory_mb
+from med42ray.train.optim import resolve_precision
+from med42ray.train.packing import Row, collate
+from med42ray.train.strategies import build_strategy, count_parameters
+
+log = logging.getLogger(__name__)
+
+TRAINER_STATE = "trainer_state.json"
+METRICS_FILE = "metrics.jsonl"
+EXPORT_DIR = "export"
+
+
+def all_reduce(values: list[float], device, op: str = "sum") -> list[float]:
+    """Sum (or min/max) a few numbers over the workers."""
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(
+            tensor,
+            op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op],
+        )
+    return tensor.tolist()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.random.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class FinetuneRecipe:
+    """One worker's view of a fine-tuning run; see the module docstring for the features."""
+
+    def __init__(self, config: dict[str, Any]):
+        import ray.train
+
+        self.cfg = ExperimentConfig.model_validate(config["experiment"])
+        self.model_path: str = config["model_path"]
+        self.fail_once: dict[str, Any] | None = config.get("fail_once")
+        self.dataset_names: list[str] = config.get("datasets", ["train"])
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.use_gpu = self.cfg.resources.use_gpu
+        self.step = 0
+        self.resumed_from: int | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # ----------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        import ray.train.torch
+        from transformers import set_seed
+
+        t = self.cfg.train
+        set_seed(t.seed)
+        self.device = ray.train.torch.get_device()
+        self.tokenizer = load_tokenizer(self.cfg.model, self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.precision = resolve_precision(t.precision, self.use_gpu)
+        self.strategy = build_strategy(self.cfg, self.model_path)
+        self.engine = build_engine(self.cfg, self.strategy, self.precision, self.world)
+        self._setup_data()
+        with self.engine.model_init_context():
+            torch.manual_seed(t.seed)  # LoRA's A matrices: the same on every worker
+            model = self.strategy.build_model(self.engine.load_dtype, self.use_gpu)
+        self.trainable_params, self.total_params = count_parameters(model)
+        self.engine.wrap(model, self.total_steps)
+        self.peak_flops = peak_flops(self.use_gpu)
+        self._resume()
+
+    def _setup_data(self) -> None:
+        t = self.cfg.train
+        samples = shard_samples("train", self.tokenizer, t.max_seq_len, self.rank, self.world)
+        rows_per_step = t.micro_batch_size * t.gradient_accumulation_steps
+        self.schedule: RowSchedule = build_schedule(
+            samples, t.max_seq_len, self.pad_id, t.packing, rows_per_step, t.seed
+        )
+        # Every worker takes the same number of steps: the smallest shard decides.
+        (spe,) = all_reduce([self.schedule.steps_per_epoch], self.device, op="min")
+        self.steps_per_epoch = int(spe)
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"too little training data: a step needs {rows_per_step} rows per worker "
+                f"x {self.world} workers, worker {self.rank} has {len(self.schedule.rows)}"
+            )
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        s = self.schedule.stats
+        keys = ["samples", "truncated", "dropped_no_labels", "rows", "real_tokens", "row_slots"]
+        totals = all_reduce([getattr(s, k) for k in keys], self.device)
+        self.data_stats = {k: int(v) for k, v in zip(keys, totals, strict=True)}
+        self.data_stats["packed_padding_share"] = 1 - totals[4] / totals[5] if totals[5] else 0.0
+        self.data_stats["steps_per_epoch"] = self.steps_per_epoch
+        eval_samples = (
+            shard_samples("eval", self.tokenizer, t.max_seq_len, self.rank, self.world)
+            if "eval" in self.dataset_names
+            else []
+        )
+        self.eval_rows: list[Row] = (
+            build_schedule(eval_samples, t.max_seq_len, self.pad_id, t.packing, 1, 0).rows
+            if eval_samples
+            else []
+        )
+        (has_eval,) = all_reduce([len(self.eval_rows)], self.device)
+        self.has_eval = has_eval > 0
+
+    def _resume(self) -> None:
+        """Continue from the latest checkpoint Ray Train hands us (restart or resumed run)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return
+        with checkpoint.as_directory() as folder:
+            folder = Path(folder)
+            self.engine.load(folder)
+            state = json.loads((folder / TRAINER_STATE).read_text())
+            self.step = self.resumed_from = int(state["step"])
+            lines = (folder / METRICS_FILE).read_text().splitlines()
+            self.history = [json.loads(line) for line in lines if line.strip()]
+            rng_file = folder / f"rng_rank{self.rank:05d}.pt"
+            if rng_file.is_file():
+                set_rng_state(torch.load(rng_file, weights_only=False))
+        if self.rank == 0:
+            log.info("resumed from step %d (%s)", self.step, checkpoint.path)
+
+    # ----------------------------------------------------------------------------- train
+    def _micro_batches(self, rows: list[Row]):
+        mb = self.cfg.train.micro_batch_size
+        for start in range(0, len(rows), mb):
+            batch = collate(rows[start : start + mb], self.pad_id)
+            batch["inputs"] = {k: v.to(self.device) for k, v in batch["inputs"].items()}
+            yield batch
+
+    def train(self) -> None:
+        t = self.cfg.train
+        self.engine.train()
+        steps = self.schedule.steps(self.step, self.steps_per_epoch)
+        while self.step < self.total_steps:
+            _, rows = next(steps)
+            lr = self.engine.lr
+            start, cpu_start = time.perf_counter(), time.process_time()
+            sums = np.zeros(6)
+            for batch in self._micro_batches(rows):
+                loss = self.engine.forward(batch["inputs"])
+                self.engine.backward(loss)
+                self.engine.step()
+                sums += [
+                    loss.item(),
+                    1,
+                    batch["num_tokens"],
+                    batch["num_real_tokens"],
+                    batch["num_label_tokens"],
+                    batch["num_samples"],
+                ]
+            sums = all_reduce(sums.tolist(), self.device)
+            self.step += 1
+            metrics = self._step_metrics(sums, lr, time.perf_counter() - start)
+            metrics["cpu_time_s"] = time.process_time() - cpu_start  # this worker, all threads
+            self._maybe_fail()
+            final = self.step == self.total_steps
+            if self.has_eval and (final or (t.eval_every and self.step % t.eval_every == 0)):
+                metrics["eval_loss"] = self.evaluate()
+            self.history.append(metrics)
+            if final or (t.checkpoint_every and self.step % t.checkpoint_every == 0):
+                self.save_checkpoint(metrics, final=final)
+            elif self.step % t.log_every == 0:
+                import ray.train
+
+                ray.train.report(metrics)
+
+    def _step_metrics(self, sums: list[float], lr: float, seconds: float) -> dict[str, Any]:
+        loss_sum, micro, tokens, real, labels, samples = sums
+        metrics = {
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "loss": loss_sum / micro,
+            "lr": lr,
+            "grad_norm": self.engine.grad_norm,
+            "step_time_s": seconds,
+            "tokens_per_s": tokens / seconds,
+            "real_tokens_per_s": real / seconds,
+            "samples_per_s": samples / seconds,
+            "label_tokens": int(labels),
+            "padding_share": 1 - real / tokens if tokens else 0.0,
+            "peak_memory_mb": peak_memory_mb(self.use_gpu),
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+        }
+        utilisation = mfu(self.total_params, tokens / seconds / self.world, self.peak_flops)
+        if utilisation is not None:
+            metrics["mfu"] = utilisation
+        if self.rank == 0 and self.step % self.cfg.train.log_every == 0:
+            log.info(
+                "step %d/%d loss %.4f lr %.2e %.0f tok/s",
+                self.step,
+                self.total_steps,
+                metrics["loss"],
+                lr,
+                metrics["real_tokens_per_s"],
+            )
+        return {k: v for k, v in metrics.items() if v is not None}
+
+    def _maybe_fail(self) -> None:
+        """Test hook: the named rank dies once at the named step (a marker file says so).
+
+        It waits a few Ray Train health-check intervals (2 s) first, so the controller has
+        registered the checkpoint reported just before, as it would have in a real run.
+        """
+        fail = self.fail_once
+        if not fail or self.step != fail["step"] or self.rank != fail["rank"]:
+            return
+        marker = Path(fail["marker"])
+        if not marker.exists():
+            marker.write_text(f"killed rank {self.rank} at step {self.step}\n")
+            time.sleep(fail.get("delay_s", 6.0))
+            os._exit(1)
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-weighted loss on the held-out rows; every worker runs the same batch count."""
+        mb = self.cfg.train.micro_batch_size
+        (batches,) = all_reduce([math.ceil(len(self.eval_rows) / mb)], self.device, op="max")
+        filler = (self.eval_rows or self.schedule.rows)[:1]
+        self.engine.train(False)
+        total = [0.0, 0.0]
+        for i in range(int(batches)):
+            rows = self.eval_rows[i * mb : (i + 1) * mb]
+            batch = next(self._micro_batches(rows or filler))
+            loss = self.engine.forward(batch["inputs"])
+            if rows:  # fillers only keep ZeRO-3's collective forwards in step
+                total[0] += loss.item() * batch["num_label_tokens"]
+                total[1] += batch["num_label_tokens"]
+        self.engine.train(True)
+        loss_sum, count = all_reduce(total, self.device)
+        return loss_sum / count
+
+    # ------------------------------------------------------------------------------ save
+    def save_checkpoint(self, metrics: dict[str, Any], final: bool = False) -> None:
+        """Every worker saves its shard, rank 0 the trainer state and, at the end, the export."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="med42ray-ckpt-") as tmp:
+            folder = Path(tmp)
+            self.engine.save(folder, self.rank)
+            torch.save(rng_state(), folder / f"rng_rank{self.rank:05d}.pt")
+            exported = self.export(folder / EXPORT_DIR) if final else {}
+            if self.rank == 0:
+                state = {
+                    "step": self.step,
+                    "total_steps": self.total_steps,
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "resumed_from": self.resumed_from,
+                    "strategy": self.strategy.name,
+                    "engine": type(self.engine).__name__,
+                    "precision": self.precision,
+                    "world_size": self.world,
+                    "trainable_params": self.trainable_params,
+                    "total_params": self.total_params,
+                    "data": self.data_stats,
+                    "export": exported,
+                }
+                (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+                with open(folder / METRICS_FILE, "w", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps(m) + "\n" for m in self.history)
+            barrier()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def export(self, out: Path) -> dict[str, str]:
+        """Hugging Face folder(s) of the trained model; ZeRO-3 shards are gathered first."""
+        names = self.strategy.export_parameter_names(self.engine.module)
+        state_dict = self.engine.state_dict_for_export(names, self.rank)
+        written: dict[str, str] = {}
+        if self.rank == 0:
+            written = self.strategy.export(self.engine.module, state_dict, out, self.tokenizer)
+        barrier()
+        return written
+
+    def cleanup(self) -> None:
+        self.engine = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point on every worker."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    recipe = FinetuneRecipe(config)
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()

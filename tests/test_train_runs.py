@@ -1,0 +1,223 @@
+"""End-to-end training on 2 Ray workers (CPU): ZeRO-2/3 vs DDP, LoRA, resume, a killed worker.
+
+The runs are shared between tests (module fixtures) and kept tiny: 6 optimiser steps of
+2 packed rows of 128 tokens per worker, constant learning rate so that a run cut at step 3 and
+resumed follows the same schedule as an uninterrupted one (the schedule's horizon is
+`max_steps`). Six `fit()`s in all, one of them restarted after a worker dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONFIGS
+
+FIXTURE = Path(__file__).parent / "fixtures" / "train" / "chat.jsonl"
+STEPS = 6
+BASE = {
+    "train.max_seq_len": 128,
+    "train.micro_batch_size": 2,
+    "train.max_steps": STEPS,
+    "train.schedule.name": "constant",
+    "train.schedule.warmup_ratio": 0.0,
+    "train.checkpoint_every": None,
+    "train.max_failures": 0,
+}
+
+
+def config(**overrides):
+    from med42ray.config import load_config
+
+    return load_config(CONFIGS / "tiny.yaml", {**BASE, **overrides})
+
+
+def losses(result) -> list[float]:
+    rows = [json.loads(x) for x in result.metrics_path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
+    return [r["loss"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def train(ray_session, tiny_model_path, tmp_path_factory):
+    """run_training into a fresh folder, shared Ray session."""
+    from med42ray.train import run_training
+
+    def _run(name, cfg, out=None, **kwargs):
+        out = out or tmp_path_factory.mktemp(name)
+        return run_training(cfg, FIXTURE, out, **kwargs)
+
+    return _run
+
+
+@pytest.fixture(scope="module")
+def ddp_run(train):
+    return train("ddp", config(**{"train.deepspeed.enabled": False}))
+
+
+@pytest.fixture(scope="module")
+def zero2_run(train, tmp_path_factory):
+    """ZeRO-2, uninterrupted, with a held-out split: the reference for resume and recovery."""
+    held_out = tmp_path_factory.mktemp("eval") / "eval.jsonl"
+    held_out.write_text("".join(FIXTURE.read_text().splitlines(keepends=True)[:8]))
+    cfg = config(**{"train.deepspeed.zero_stage": 2, "train.eval_every": 3})
+    return train("zero2", cfg, eval_data=held_out)
+
+
+@pytest.fixture(scope="module")
+def resumed_runs(train, tmp_path_factory):
+    """ZeRO-2 for 3 steps; then a new run over the same folder to 6 steps, in which rank 1
+    dies once at step 5 (after the step-4 checkpoint) and Ray Train restarts the workers."""
+    out = tmp_path_factory.mktemp("resume")
+    marker = out / "killed-once"
+    first = train("resume", config(**{"train.max_steps": 3}), out=out)
+    first_losses = losses(first)  # out/metrics.jsonl is rewritten by the second run
+    cfg = config(**{"train.checkpoint_every": 2, "train.max_failures": 1})
+    os.environ["MED42RAY_TRAIN_FAIL_ONCE"] = f"5:1:{marker}"
+    try:
+        second = train("resume", cfg, out=out)
+    finally:
+        os.environ.pop("MED42RAY_TRAIN_FAIL_ONCE")
+    return first, first_losses, second, marker
+
+
+@pytest.fixture(scope="module")
+def zero3_run(train):
+    return train("zero3", config(**{"train.deepspeed.zero_stage": 3}))
+
+
+@pytest.fixture(scope="module")
+def lora_run(train):
+    cfg = config(
+        **{
+            "train.strategy": "lora",
+            "train.deepspeed.zero_stage": 2,
+            "train.optimizer.lr": 1e-2,
+            "train.schedule.name": "cosine",
+            "train.schedule.warmup_ratio": 0.2,
+            "train.lora.merge_on_export": True,
+        }
+    )
+    return train("lora", cfg)
+
+
+def generate(model, tokenizer) -> str:
+    chat = [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}]
+    inputs = tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :])
+
+
+# ---------------------------------------------------------------------------- full
+def test_full_loss_decreases_and_metrics_are_reported(zero2_run):
+    curve = losses(zero2_run)
+    assert len(curve) == STEPS and curve[-1] < curve[0] - 0.2
+    rows = [json.loads(x) for x in zero2_run.metrics_path.read_text().splitlines()]
+    for key in (
+        "lr",
+        "tokens_per_s",
+        "real_tokens_per_s",
+        "samples_per_s",
+        "step_time_s",
+        "peak_memory_mb",
+        "padding_share",
+        "grad_norm",
+    ):
+        assert all(r[key] > 0 for r in rows), key
+    assert all(r["padding_share"] < 0.1 for r in rows)
+    assert [r["step"] for r in rows if "eval_loss" in r] == [3, 6]
+    assert rows[-1]["eval_loss"] < rows[2]["eval_loss"]
+    assert zero2_run.trainable_params == zero2_run.total_params > 0
+    assert zero2_run.final_metrics["step"] == STEPS
+    assert zero2_run.state["engine"] == "DeepSpeedEngine"
+
+
+def test_full_export_loads_and_generates(zero2_run, tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert (zero2_run.model_dir / "model.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(zero2_run.model_dir, use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(zero2_run.model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), base.state_dict().values(), strict=True)
+    ]
+    assert all(changed)  # every tensor trained
+    generate(model, tokenizer)
+
+
+# --------------------------------------------------------------------- equivalence
+def test_zero3_matches_ddp_and_gathers_the_full_weights(zero3_run, ddp_run):
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(
+        torch.tensor(losses(zero3_run)), torch.tensor(losses(ddp_run)), rtol=1e-3, atol=0
+    )
+    z3 = load_file(zero3_run.model_dir / "model.safetensors")
+    ref = load_file(ddp_run.model_dir / "model.safetensors")
+    assert z3.keys() == ref.keys()
+    for name in ref:
+        torch.testing.assert_close(z3[name], ref[name], atol=2e-4, rtol=1e-3, msg=name)
+
+
+def test_zero2_matches_ddp(zero2_run, ddp_run):
+    torch.testing.assert_close(
+        torch.tensor(losses(zero2_run)), torch.tensor(losses(ddp_run)), rtol=1e-3, atol=0
+    )
+
+
+def test_resumed_and_recovered_run_equals_uninterrupted(resumed_runs, zero2_run):
+    first, first_losses, second, marker = resumed_runs
+    assert len(first_losses) == 3 and first.state["resumed_from"] is None
+    # the second run continued the first (step 3), then lost a worker at step 5 and
+    # restarted from its step-4 checkpoint
+    assert marker.read_text().startswith("killed rank 1 at step 5")
+    assert second.state["resumed_from"] == 4
+    kept = [p for p in Path(second.run_dir).glob("checkpoint_*") if p.is_dir()]
+    assert len(kept) <= 2  # keep_checkpoints
+    torch.testing.assert_close(
+        torch.tensor(losses(second)), torch.tensor(losses(zero2_run)), atol=1e-4, rtol=0
+    )
+
+
+# ---------------------------------------------------------------------------- lora
+def test_lora_trains_only_the_adapters(lora_run):
+    from transformers import AutoConfig
+
+    from med42ray.train.strategies import lora_parameter_count
+
+    curve = losses(lora_run)
+    assert curve[-1] < curve[0] - 0.2
+    base_cfg = AutoConfig.from_pretrained(lora_run.model_dir)
+    lora_cfg = config(**{"train.strategy": "lora"}).train.lora
+    assert lora_run.trainable_params == lora_parameter_count(base_cfg, lora_cfg)
+    assert lora_run.total_params > 10 * lora_run.trainable_params
+    lrs = [json.loads(x)["lr"] for x in lora_run.metrics_path.read_text().splitlines()]
+    # ceil(0.2 * 6) = 2 warm-up steps, then cosine decay
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-2) and lrs[-1] < lrs[2]
+
+
+def test_lora_adapter_and_merged_model_load_and_agree(lora_run):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = AutoPeftModelForCausalLM.from_pretrained(lora_run.adapter_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(lora_run.model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(lora_run.adapter_dir)
+    ids = tokenizer("Which nerve is compressed in carpal tunnel syndrome?", return_tensors="pt")
+    with torch.no_grad():
+        a, m = adapter(**ids).logits, merged(**ids).logits
+        base = adapter.get_base_model()
+        with adapter.disable_adapter():
+            b = base(**ids).logits
+    torch.testing.assert_close(a, m, atol=1e-4, rtol=1e-4)
+    assert (a - b).abs().max() > 1e-3  # the adapter changed the model
+    assert generate(merged, tokenizer) == generate(adapter, tokenizer)

@@ -1,0 +1,292 @@
+"""Training components, in-process: masks, packing, DeepSpeed config, schedule, LoRA counts."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from med42ray.train.deepspeed_config import build_deepspeed_config, deep_merge
+from med42ray.train.optim import lr_lambda
+from med42ray.train.packing import best_fit_bins, build_rows, collate, pack_samples
+from med42ray.train.tokenize import IGNORE_INDEX, tokenize_chat
+
+FIXTURE = Path(__file__).parent / "fixtures" / "train" / "chat.jsonl"
+CHATS = [
+    [
+        {"role": "system", "content": "You are a careful clinician."},
+        {"role": "user", "content": "What is the antidote for heparin?"},
+        {"role": "assistant", "content": "Protamine sulfate."},
+        {"role": "user", "content": "And for warfarin?"},
+        {"role": "assistant", "content": "Vitamin K and prothrombin complex concentrate."},
+    ],
+    [
+        {"role": "user", "content": "Which nerve is compressed in carpal tunnel syndrome?"},
+        {"role": "assistant", "content": "The median nerve."},
+    ],
+    [
+        {"role": "user", "content": "Which organism causes syphilis?"},
+        {"role": "assistant", "content": "Treponema pallidum."},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_config, tiny_model_path):
+    from med42ray.models import load_tokenizer
+
+    return load_tokenizer(tiny_config.model, str(tiny_model_path))
+
+
+@pytest.fixture(scope="module")
+def model(tiny_config, tiny_model_path):
+    from med42ray.models import load_model
+
+    return load_model(tiny_config.model, str(tiny_model_path)).eval()
+
+
+# ------------------------------------------------------------------------- masking
+def test_labels_cover_exactly_the_assistant_turns(tokenizer):
+    sample = tokenize_chat(tokenizer, CHATS[0], max_seq_len=1024)
+    ids, labels = sample.input_ids, sample.labels
+    assistant_id = tokenizer.convert_tokens_to_ids("<|assistant|>")
+    eos = tokenizer.eos_token_id
+    expected = [IGNORE_INDEX] * len(ids)
+    turns = [m["content"] for m in CHATS[0] if m["role"] == "assistant"]
+    starts = [i for i, t in enumerate(ids) if t == assistant_id]
+    assert len(starts) == len(turns) == 2
+    for start, content in zip(starts, turns, strict=True):
+        assert tokenizer.decode([ids[start + 1]]) == ":"  # the prompt's colon is not trained
+        end = ids.index(eos, start)  # the turn's </s> is trained: the model learns to stop
+        for i in range(start + 2, end + 1):
+            expected[i] = ids[i]
+        assert tokenizer.decode(ids[start + 2 : end]) == content
+        assert tokenizer.decode([ids[end + 1]]) == "\n"  # template newline: masked
+    assert labels == expected
+    # the system and user turns, the role markers and the newline after </s>: all masked
+    assert sum(x != IGNORE_INDEX for x in labels) == sum(
+        len(tokenizer(c, add_special_tokens=False)["input_ids"]) + 1 for c in turns
+    )
+
+
+def test_long_chats_are_truncated_and_counted(tokenizer):
+    sample = tokenize_chat(tokenizer, CHATS[0], max_seq_len=20)
+    assert sample.truncated and len(sample.input_ids) == len(sample.labels) == 20
+    _, stats = build_rows([sample], 20, tokenizer.pad_token_id, packing=True)
+    assert stats.truncated == 1
+    # a truncated chat whose assistant turn was cut off entirely is dropped, not trained on
+    short = tokenize_chat(tokenizer, CHATS[1], max_seq_len=5)
+    _, stats = build_rows([short], 5, tokenizer.pad_token_id, packing=True)
+    assert stats.dropped_no_labels == 1 and stats.rows == 0
+
+
+def test_chat_without_assistant_turn_is_rejected(tokenizer):
+    with pytest.raises(ValueError, match="no assistant tokens"):
+        tokenize_chat(tokenizer, [{"role": "user", "content": "hi"}], 64)
+
+
+# ------------------------------------------------------------------------- packing
+def test_best_fit_bins_respect_capacity_and_keep_every_sample():
+    lengths = [70, 10, 50, 30, 64, 64, 5, 120, 1, 99]
+    bins = best_fit_bins(lengths, 128)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 128 for b in bins)
+    assert len(bins) == math.ceil(sum(lengths) / 128)  # optimal on this set
+    assert best_fit_bins(lengths, 128) == bins  # deterministic
+
+
+def test_packed_row_boundaries_token_by_token(tokenizer):
+    samples = [tokenize_chat(tokenizer, chat, 128) for chat in CHATS[1:]]
+    total = sum(len(s) for s in samples)
+    (row,) = pack_samples(samples, 128, tokenizer.pad_token_id)
+    assert row.num_samples == 2 and row.num_tokens == total
+    offset = 0
+    for s in samples:
+        n = len(s)
+        assert row.input_ids[offset : offset + n].tolist() == s.input_ids
+        assert row.position_ids[offset : offset + n].tolist() == list(range(n))
+        assert row.labels[offset] == IGNORE_INDEX  # never predicted from the previous sample
+        assert row.labels[offset + 1 : offset + n].tolist() == s.labels[1:]
+        offset += n
+    assert (row.input_ids[offset:] == tokenizer.pad_token_id).all()
+    assert (row.labels[offset:] == IGNORE_INDEX).all()
+    assert row.position_ids[offset:].tolist() == list(range(128 - offset))
+    batch = collate([row], tokenizer.pad_token_id)
+    assert "attention_mask" not in batch["inputs"]
+    assert batch["num_real_tokens"] == total and batch["num_tokens"] == 128
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_forward_equals_each_sample_alone(tokenizer, model, attn):
+    """No attention across samples: a packed row's logits and loss are the samples' own."""
+    model.config._attn_implementation = attn
+    samples = [tokenize_chat(tokenizer, chat, 128) for chat in CHATS]
+    rows = pack_samples(samples, 256, tokenizer.pad_token_id)
+    assert len(rows) == 1
+    packed = collate(rows, tokenizer.pad_token_id)["inputs"]
+    with torch.no_grad():
+        out = model(**packed, use_cache=False)
+        offset, total_loss, total_tokens = 0, 0.0, 0
+        for s in samples:
+            ids = torch.tensor([s.input_ids])
+            alone = model(input_ids=ids, labels=torch.tensor([s.labels]), use_cache=False)
+            n = len(s)
+            torch.testing.assert_close(
+                out.logits[0, offset : offset + n], alone.logits[0], atol=1e-5, rtol=1e-5
+            )
+            count = sum(x != IGNORE_INDEX for x in s.labels[1:])
+            total_loss += alone.loss.item() * count
+            total_tokens += count
+            offset += n
+    assert out.loss.item() == pytest.approx(total_loss / total_tokens, abs=1e-5)
+    model.config._attn_implementation = "sdpa"
+
+
+def test_unpacked_batches_pad_per_batch(tokenizer):
+    samples = [tokenize_chat(tokenizer, chat, 128) for chat in CHATS]
+    rows, stats = build_rows(samples, 128, tokenizer.pad_token_id, packing=False)
+    assert stats.rows == 3 and stats.padding_share == 0
+    batch = collate(rows[1:], tokenizer.pad_token_id)
+    width = max(len(s) for s in samples[1:])
+    assert batch["inputs"]["input_ids"].shape == (2, width)
+    mask = batch["inputs"]["attention_mask"]
+    assert mask.sum().item() == batch["num_real_tokens"] == sum(len(s) for s in samples[1:])
+
+
+def test_packing_fixture_is_near_optimal(tokenizer):
+    from med42ray.train.tokenize import normalize_messages
+
+    lines = FIXTURE.read_text(encoding="utf-8").splitlines()
+    samples = [
+        tokenize_chat(tokenizer, normalize_messages(json.loads(x)["messages"]), 512) for x in lines
+    ]
+    assert len(lines) >= 40
+    for width in (128, 256, 512):
+        _, stats = build_rows(samples, width, tokenizer.pad_token_id, packing=True)
+        assert stats.samples == len(lines) and stats.truncated == 0
+        # at most one row more than the tokens need: the only slack is a last, part-full row
+        assert stats.rows <= math.ceil(stats.real_tokens / width) + 1
+        if width != 256:  # 256 leaves a mostly empty 13th row on these 3045 tokens
+            assert stats.padding_share < 0.05
+
+
+# -------------------------------------------------------------------- deepspeed config
+def test_deepspeed_config_from_train_config(tiny_config):
+    train = tiny_config.train.model_copy(
+        update={"gradient_accumulation_steps": 4, "max_grad_norm": 0.7}
+    )
+    ds = build_deepspeed_config(train, world_size=8, precision="bf16")
+    assert ds["train_micro_batch_size_per_gpu"] == train.micro_batch_size
+    assert ds["gradient_accumulation_steps"] == 4
+    assert ds["train_batch_size"] == train.micro_batch_size * 4 * 8
+    assert ds["gradient_clipping"] == 0.7
+    assert ds["bf16"] == {"enabled": True} and ds["fp16"]["enabled"] is False
+    assert ds["zero_optimization"]["stage"] == 2
+    assert "offload_optimizer" not in ds["zero_optimization"]
+    params = ds["optimizer"]["params"]
+    assert ds["optimizer"]["type"] == "AdamW" and params["torch_adam"] is True
+    assert params["lr"] == train.optimizer.lr and params["betas"] == list(train.optimizer.betas)
+    assert "scheduler" not in ds  # the schedule is the torch LambdaLR, shared with DDP
+
+
+def test_deepspeed_zero3_offload(tiny_config):
+    from med42ray.config import DeepSpeedConfig
+
+    train = tiny_config.train.model_copy(
+        update={
+            "deepspeed": DeepSpeedConfig(zero_stage=3, offload_optimizer=True, offload_param=True)
+        }
+    )
+    zero = build_deepspeed_config(train, 2, "fp32")["zero_optimization"]
+    assert zero["stage"] == 3 and zero["stage3_gather_16bit_weights_on_model_save"]
+    assert zero["offload_optimizer"]["device"] == zero["offload_param"]["device"] == "cpu"
+    opt = build_deepspeed_config(train, 2, "fp32")["optimizer"]["params"]
+    assert opt["torch_adam"] is False  # offloaded optimisers run DeepSpeed's CPUAdam
+
+
+def test_user_deepspeed_json_overrides_keys(tiny_config, tmp_path):
+    from med42ray.config import DeepSpeedConfig
+
+    user = {
+        "zero_optimization": {"stage": 3, "overlap_comm": True},
+        "gradient_clipping": 0.25,
+        "optimizer": {"params": {"lr": 5e-5}},
+        "activation_checkpointing": {"partition_activations": True},
+    }
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(user))
+    train = tiny_config.train.model_copy(
+        update={"deepspeed": DeepSpeedConfig(zero_stage=2, config_path=str(path))}
+    )
+    ds = build_deepspeed_config(train, 2, "fp32")
+    assert ds["zero_optimization"]["stage"] == 3 and ds["zero_optimization"]["overlap_comm"]
+    assert ds["zero_optimization"]["contiguous_gradients"] is True  # merged, not replaced
+    assert ds["gradient_clipping"] == 0.25
+    assert ds["optimizer"]["params"]["lr"] == 5e-5
+    assert ds["optimizer"]["params"]["betas"] == list(train.optimizer.betas)
+    assert ds["optimizer"]["type"] == "AdamW"
+    assert ds["activation_checkpointing"] == {"partition_activations": True}
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="invalid DeepSpeed JSON"):
+        build_deepspeed_config(train, 2, "fp32")
+
+
+def test_deep_merge_does_not_mutate_inputs():
+    base = {"a": {"b": 1, "c": 2}}
+    merged = deep_merge(base, {"a": {"b": 3}, "d": 4})
+    assert merged == {"a": {"b": 3, "c": 2}, "d": 4} and base == {"a": {"b": 1, "c": 2}}
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_lr_schedule_warmup_then_decay(tiny_config):
+    sched = tiny_config.train.schedule.model_copy(
+        update={"name": "cosine", "warmup_ratio": 0.1, "min_lr_ratio": 0.1}
+    )
+    f = lr_lambda(sched, 100)
+    assert f(0) == pytest.approx(1 / 11) and f(9) == pytest.approx(10 / 11)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert f(100) == pytest.approx(0.1)
+    lin = lr_lambda(sched.model_copy(update={"name": "linear", "warmup_ratio": 0.0}), 10)
+    assert [round(lin(s), 3) for s in (0, 5, 10)] == [1.0, 0.55, 0.1]
+    const = lr_lambda(sched.model_copy(update={"name": "constant", "warmup_ratio": 0.0}), 10)
+    assert {const(s) for s in range(12)} == {1.0}
+
+
+# ---------------------------------------------------------------------------------- lora
+def test_lora_trainable_parameters_match_peft_and_analytics(tiny_config, tiny_model_path):
+    from med42ray.models import load_model
+    from med42ray.train.strategies import LoraStrategy, count_parameters, lora_parameter_count
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.strategy = "lora"
+    strategy = LoraStrategy(cfg, str(tiny_model_path))
+    peft_model = strategy.adapt(load_model(cfg.model, str(tiny_model_path)))
+    trainable, total = count_parameters(peft_model)
+    peft_trainable, peft_total = peft_model.get_nb_trainable_parameters()
+    m = peft_model.base_model.model.config
+    assert trainable == peft_trainable == lora_parameter_count(m, cfg.train.lora) > 0
+    assert total == peft_total
+    per_layer = cfg.train.lora.r * (
+        4 * 2 * m.hidden_size + 3 * (m.hidden_size + m.intermediate_size)
+    )
+    assert trainable == per_layer * m.num_hidden_layers  # 2 heads x 64 = hidden: no GQA here
+    names = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert all("lora_A" in n or "lora_B" in n for n in names)
+
+
+def test_chat_files_resolves_folders(tmp_path):
+    from med42ray.train.data import chat_files
+
+    (tmp_path / "b.jsonl").write_text("{}\n")
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    files, fmt = chat_files(tmp_path)
+    assert fmt == "json" and [p.rsplit("/", 1)[1] for p in files] == ["a.jsonl", "b.jsonl"]
+    (tmp_path / "c.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="one format"):
+        chat_files(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        chat_files(tmp_path / "missing")
