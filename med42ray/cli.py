@@ -121,6 +121,27 @@ def resolve_train_data(out: Path, data: str | None, eval_data: str | None):
     return str(prepared / "train"), eval_data or (str(held_out) if held_out.is_dir() else None)
 
 
+@app.command("sweep")
+def sweep_command(
+    sweep: Annotated[Path, typer.Argument(help="Sweep YAML (sweeps/) or experiment config.")],
+    out: OutOpt,
+    resume: Annotated[bool, typer.Option(help="Finish an interrupted sweep.")] = False,
+    data: Annotated[
+        str | None, typer.Option(help="Chat-schema JSONL/Parquet (default: OUT/../data/train).")
+    ] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Held-out chat data (eval loss).")] = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Run a Ray Tune sweep whose trials launch the train stage's TorchTrainer."""
+    from med42ray.tune.space import apply_trial, load_sweep
+    from med42ray.tune.sweep import run_sweep
+
+    cfg = apply_trial(load_sweep(sweep), parse_overrides(overrides), source=str(sweep))
+    train_data, held_out = resolve_train_data(out, data, eval_data)
+    run_sweep(cfg, out, train_data, held_out, resume=resume)
+    typer.echo((out / "trials.md").read_text())
+
+
 @app.command("eval")
 def eval_command(
     config: ConfigArg,
@@ -156,7 +177,7 @@ def _stage_errors() -> tuple[type[Exception], ...]:
     from med42ray.data import DataError
     from med42ray.eval.benchmarks import BenchmarkError
 
-    return (DataError, BenchmarkError)
+    return (DataError, BenchmarkError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> None:
