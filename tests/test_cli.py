@@ -20,6 +20,11 @@ COMMANDS = [
     ["model"],
     ["model", "build-tiny"],
     ["doctor"],
+    ["data"],
+    ["data", "prepare"],
+    ["train"],
+    ["eval"],
+    ["sweep"],
 ]
 
 
@@ -39,7 +44,7 @@ def test_help(args: list[str]) -> None:
 def test_console_script_help_lists_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for name in ("config", "model", "doctor"):
+    for name in ("config", "model", "doctor", "data", "train", "eval", "sweep"):
         assert name in result.stdout
 
 
