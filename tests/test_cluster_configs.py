@@ -58,13 +58,22 @@ def test_kuberay_resources_are_well_formed(name: str) -> None:
         assert "secretKeyRef" in env["HF_TOKEN"]["valueFrom"]  # token from a secret only
 
 
-def test_rayjob_runs_a_shipped_config() -> None:
+def test_rayjob_runs_shipped_configs_through_real_commands() -> None:
+    from typer.main import get_command
+
+    from med42ray.cli import app
+
     job = load("kuberay-rayjob.yaml")
     assert job["kind"] == "RayJob"
-    words = job["spec"]["entrypoint"].split()
-    assert words[0] == "med42ray"
-    config = next(w for w in words if w.endswith(".yaml"))
-    assert (REPO / config).is_file()
+    cli = get_command(app)
+    for step in job["spec"]["entrypoint"].split("&&"):
+        words = step.split()
+        assert words[0] == "med42ray"
+        command = cli.commands[words[1]]  # KeyError: not a med42ray command
+        if words[1] == "data":
+            assert words[2] in command.commands
+        config = next(w for w in words if w.endswith(".yaml"))
+        assert (REPO / config).is_file()
 
 
 def test_no_secret_is_written_in_cluster_files() -> None:
