@@ -32,6 +32,10 @@ app.add_typer(model_app, name="model")
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder of this stage.")]
+DataOpt = Annotated[
+    str | None, typer.Option(help="Chat-schema JSONL/Parquet (default: OUT/../data/train).")
+]
+EvalDataOpt = Annotated[str | None, typer.Option(help="Held-out chat data (eval loss).")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config field: `--set train.epochs=1` (YAML value)."),
@@ -92,10 +96,8 @@ def train_command(
     config: ConfigArg,
     out: OutOpt,
     strategy: Annotated[str | None, typer.Option(help="`full` or `lora`.")] = None,
-    data: Annotated[
-        str | None, typer.Option(help="Chat-schema JSONL/Parquet (default: OUT/../data/train).")
-    ] = None,
-    eval_data: Annotated[str | None, typer.Option(help="Held-out chat data (eval loss).")] = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Fine-tune the config's model (full under DeepSpeed ZeRO, or LoRA) on Ray Train."""
@@ -126,10 +128,8 @@ def sweep_command(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML (sweeps/) or experiment config.")],
     out: OutOpt,
     resume: Annotated[bool, typer.Option(help="Finish an interrupted sweep.")] = False,
-    data: Annotated[
-        str | None, typer.Option(help="Chat-schema JSONL/Parquet (default: OUT/../data/train).")
-    ] = None,
-    eval_data: Annotated[str | None, typer.Option(help="Held-out chat data (eval loss).")] = None,
+    data: DataOpt = None,
+    eval_data: EvalDataOpt = None,
     overrides: SetOpt = None,
 ) -> None:
     """Run a Ray Tune sweep whose trials launch the train stage's TorchTrainer."""
