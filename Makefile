@@ -6,21 +6,18 @@ CONFIG ?= configs/tiny.yaml
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo doctor test lint format clean
 
 venv:
 	@bash scripts/setup_venv.sh
 
-# Until `med42ray run` chains them with caching and a report, the demo runs every stage that
-# exists: prepare + decontaminate the data, fine-tune fully and with LoRA, score all three.
+# The whole experiment on the embedded default: data, base pre-training (cached), full and LoRA
+# fine-tuning, evaluation of all three, report (OUT/report/report.md). Rerunning reuses stages.
 demo: venv
+	$(BIN)/med42ray run $(CONFIG) --out $(OUT)
+
+doctor: venv
 	$(BIN)/med42ray doctor $(CONFIG) --out $(OUT)/doctor
-	$(BIN)/med42ray data prepare $(CONFIG) --out $(OUT)/data
-	$(BIN)/med42ray train $(CONFIG) --out $(OUT)/full --strategy full
-	$(BIN)/med42ray train $(CONFIG) --out $(OUT)/lora --strategy lora
-	$(BIN)/med42ray eval $(CONFIG) --out $(OUT)/eval-base
-	$(BIN)/med42ray eval $(CONFIG) --out $(OUT)/eval-full --model $(OUT)/full/model
-	$(BIN)/med42ray eval $(CONFIG) --out $(OUT)/eval-lora --adapter $(OUT)/lora/adapter
 
 lint: venv
 	$(BIN)/ruff check .

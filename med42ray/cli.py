@@ -162,6 +162,39 @@ def eval_command(
     typer.echo((out / "summary.md").read_text())
 
 
+@app.command("run")
+def run_command(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> None:
+    """The whole experiment: data, full and LoRA fine-tuning, evaluation of all, report.
+
+    Stages are cached in OUT by their inputs: rerunning skips what finished and resumes what
+    was interrupted.
+    """
+    from med42ray.experiment import run_experiment
+
+    cfg = load_config(config, parse_overrides(overrides))
+    report = run_experiment(cfg, out)
+    typer.echo((report / "report.md").read_text().split("\n## Training cost")[0])
+    typer.echo(f"report: {report / 'report.md'}")
+
+
+@app.command("report")
+def report_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders of `med42ray run`.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Default: RUN_DIR/report for one run.")
+    ] = None,
+) -> None:
+    """Rebuild the report from finished runs; several runs are compared side by side."""
+    from med42ray.report import build_report
+
+    if out is None:
+        if len(runs) > 1:
+            raise UsageFailure("comparing several runs needs --out")
+        out = runs[0] / "report"
+    build_report(runs, out)
+    typer.echo(f"report: {out / 'report.md'}")
+
+
 @app.command()
 def doctor(config: ConfigArg, out: OutOpt = Path("outputs/doctor"), overrides: SetOpt = None):
     """Check the set-up end to end: config, Ray, model load, one real optimiser step."""

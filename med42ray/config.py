@@ -127,8 +127,25 @@ class DataConfig(Section):
 
 
 # -------------------------------------------------------------------------------------- model
+class TinyPretrainConfig(Section):
+    """A short causal-LM pre-training of the tiny model, part of its (cached) build."""
+
+    data: str = Field(
+        default="data/tiny/pretrain/pretrain.jsonl",
+        description="JSONL of `text` or `messages` records (relative: to the working "
+        "directory, else to the repository).",
+    )
+    steps: int = Field(default=250, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    seq_len: int = Field(default=256, ge=16)
+    lr: float = Field(default=3.0e-3, gt=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.1, ge=0)
+
+
 class TinyModelConfig(Section):
-    """The embedded offline model: a small Llama with random weights and a local tokenizer."""
+    """The embedded offline model: a small Llama with a local tokenizer, random weights unless
+    `pretrain` is set (then pre-trained briefly on made-up subjects, no real fact)."""
 
     vocab_size: int = Field(default=2048, ge=300)
     hidden_size: int = Field(default=128, ge=64)
@@ -138,6 +155,7 @@ class TinyModelConfig(Section):
     num_key_value_heads: int | None = None
     max_position_embeddings: int = Field(default=1024, ge=16)
     seed: int = 0
+    pretrain: TinyPretrainConfig | None = None
 
     @model_validator(mode="after")
     def _head_dim(self) -> TinyModelConfig:
@@ -332,6 +350,28 @@ class ResourcesConfig(Section):
     )
 
 
+# ---------------------------------------------------------------------------------------- run
+class RunConfig(Section):
+    """What `med42ray run` does: the strategies it trains on the same data, and what it scores.
+
+    `overrides` holds per-strategy changes as dotted keys, applied on top of this config for
+    that strategy only, e.g. `{lora: {train.optimizer.lr: 2.0e-4}}` (LoRA usually wants a
+    higher learning rate than full fine-tuning).
+    """
+
+    strategies: list[Literal["full", "lora"]] = Field(
+        default_factory=lambda: ["full", "lora"], min_length=1
+    )
+    evaluate_base: bool = True
+    overrides: dict[Literal["full", "lora"], dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RunConfig:
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies must be unique, got {self.strategies}")
+        return self
+
+
 # ------------------------------------------------------------------------------------- whole
 class ExperimentConfig(Section):
     name: str = Field(default="experiment", min_length=1)
@@ -343,6 +383,13 @@ class ExperimentConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _strategy_overrides_apply(self) -> ExperimentConfig:
+        for strategy in self.run.overrides:
+            strategy_config(self, strategy)  # raises naming run.overrides.<strategy>
+        return self
 
     def fingerprint(self, *sections: str) -> str:
         """Short content hash of the named sections (all when none): stage cache keys."""
@@ -416,3 +463,14 @@ def set_dotted(raw: Any, key: str, value: Any, source: str = "<config>") -> None
             raise ConfigError(f"{source}: {key}: `{part}` is not a section")
         node = child
     node[leaf] = value
+
+
+def strategy_config(cfg: ExperimentConfig, strategy: str) -> ExperimentConfig:
+    """`cfg` as the run trains `strategy`: `train.strategy` set, `run.overrides` applied."""
+    raw = cfg.model_dump(mode="json")
+    overrides = raw["run"].pop("overrides", {}).get(strategy, {})
+    source = f"run.overrides.{strategy}"
+    set_dotted(raw, "train.strategy", strategy, source)
+    for key, value in overrides.items():
+        set_dotted(raw, key, value, source)
+    return parse_config(raw, source)

@@ -10,11 +10,14 @@ the hub token comes from ``HF_TOKEN`` in the environment, never from a config.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +31,7 @@ TINY = "tiny"
 ASSETS = Path(__file__).parent / "assets"
 TOKENIZER_CORPUS = ASSETS / "tokenizer_corpus.txt"
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|prompter|>", "<|assistant|>"]
-_TINY_FORMAT_VERSION = 1  # bump when the build recipe changes
+_TINY_FORMAT_VERSION = 2  # bump when the build recipe changes
 
 
 def cache_dir() -> Path:
@@ -41,9 +44,27 @@ def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or None
 
 
+def effective_spec(spec: TinyModelConfig) -> TinyModelConfig:
+    """`spec`, without its pre-training when `MED42RAY_TINY_PRETRAIN` is `0`/`off`/`false`.
+
+    The switch is for test suites, which need a tiny model but not a pre-trained one; it is
+    part of what the cache key hashes, so the two builds never share a folder.
+    """
+    off = os.environ.get("MED42RAY_TINY_PRETRAIN", "").strip().lower() in ("0", "off", "false")
+    if off and spec.pretrain is not None:
+        return spec.model_copy(update={"pretrain": None})
+    return spec
+
+
 def tiny_model_dir(spec: TinyModelConfig, corpus: Path = TOKENIZER_CORPUS) -> Path:
     """Cache folder of the tiny model for `spec`; its name hashes the recipe and the corpus."""
+    spec = effective_spec(spec)
     recipe = {"v": _TINY_FORMAT_VERSION, "template": MED42_CHAT_TEMPLATE, **spec.model_dump()}
+    if spec.pretrain is not None:
+        from med42ray.pretrain import PRETRAIN_REVISION, data_digest
+
+        recipe["pretrain_data"] = data_digest(spec.pretrain.data)
+        recipe["pretrain_revision"] = PRETRAIN_REVISION
     key = json.dumps(recipe, sort_keys=True).encode()
     digest = hashlib.sha256(key + corpus.read_bytes()).hexdigest()[:12]
     return cache_dir() / "models" / f"tiny-llama-{digest}"
@@ -81,19 +102,50 @@ def train_tiny_tokenizer(spec: TinyModelConfig, corpus: Path = TOKENIZER_CORPUS)
     )
 
 
+def _say(message: str) -> None:
+    """Progress of a (minutes-long) tiny build, on stderr: the CLI stages show it as it goes."""
+    print(f"[med42ray] {message}", file=sys.stderr, flush=True)
+
+
 def build_tiny_model(spec: TinyModelConfig | None = None, out: Path | None = None) -> Path:
     """Build (once) and save the tiny Llama and its tokenizer; return the folder.
 
-    The weights are random but seeded, and the build is atomic (a temp folder renamed into
-    place), so building twice gives byte-identical files and a crash leaves no half folder.
+    The weights are seeded (random, or briefly pre-trained when `spec.pretrain` is set), and
+    the build is atomic (a temp folder renamed into place), so building twice gives the same
+    files and a crash leaves no half folder. Concurrent builders of one recipe take turns on a
+    lock file next to the folder: the second finds the first one's copy instead of rebuilding.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    spec = spec or TinyModelConfig()
+    spec = effective_spec(spec or TinyModelConfig())
     out = Path(out) if out else tiny_model_dir(spec)
     if (out / "config.json").is_file():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(out):  # a second builder waits, then finds the first one's copy
+        if (out / "config.json").is_file():
+            return out
+        return _build_tiny_model(spec, out)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """An exclusive advisory lock next to `out` (no-op where `fcntl` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX; the atomic rename still holds
+        yield
+        return
+    with open(out.parent / f".{out.name}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_tiny_model(spec: TinyModelConfig, out: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     tokenizer = train_tiny_tokenizer(spec)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -115,7 +167,10 @@ def build_tiny_model(spec: TinyModelConfig | None = None, out: Path | None = Non
         model = LlamaForCausalLM(config)
     finally:
         torch.random.set_rng_state(generator_state)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if spec.pretrain is not None:
+        from med42ray.pretrain import pretrain
+
+        pretrain(model, tokenizer, spec.pretrain, seed=spec.seed, progress=_say)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)

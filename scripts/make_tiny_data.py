@@ -5,12 +5,16 @@ first-line treatments, causative organisms, deficiencies, genes, antidotes, inne
 hormone sources, adverse effects). This script renders them, deterministically, into
 
 - `data/tiny/corpora/`: training records in several real source schemas (Alpaca, ShareGPT,
-  OpenAI messages, flashcards, MedQA-style MCQs), phrased with the *training* templates, plus a
-  few planted verbatim copies of benchmark items so decontamination has something true to find;
+  OpenAI messages, flashcards, MedQA-style MCQs), every fact in several phrasings of the
+  *training* templates (so it is stored, not only memorised as one string), plus a few planted
+  verbatim copies of benchmark items so decontamination has something true to find, and a few
+  cards repeated across sources so exact deduplication does too;
 - `data/tiny/benchmarks/`: held-out items in each benchmark's real schema (MedQA, MedMCQA,
   PubMedQA, HeadQA, MMLU subjects, USMLE), asking about the same facts in *other* words;
-- `data/tiny/pretrain/`: generic text from the same templates about made-up entities, so the
-  tiny base model learns the language of the templates but none of the facts.
+- `data/tiny/pretrain/`: documents about made-up subjects (statements, chat QA with every
+  template, and raw-text exam items in the lm-eval prompt formats), so the tiny base model
+  learns the language of the templates and how to answer exam items from stored knowledge, but
+  none of the real facts (`med42ray.pretrain`, `model.tiny.pretrain`).
 
 Run: `.venv/bin/python scripts/make_tiny_data.py` (a test checks the shipped files are current).
 """
@@ -78,6 +82,56 @@ TEMPLATES: dict[str, tuple[str, str, str]] = {
         "Which adverse effect is characteristic of {s}?",
     ),
 }
+# relation -> more training phrasings (another statement, two more questions): a fact seen in
+# several phrasings is stored so that other questions can reach it, not only the one it was
+# seen with. Never the held-out question templates above.
+EXTRA_TEMPLATES: dict[str, tuple[str, str, str]] = {
+    "drug_class": (
+        "{S} belongs to the {A} class of drugs.",
+        "{S} is classified as what type of medication?",
+        "Name the drug class of {s}.",
+    ),
+    "first_line": (
+        "{S} is treated first with {A}.",
+        "How is {s} treated initially?",
+        "Name the initial therapy of choice for {s}.",
+    ),
+    "organism": (
+        "The causative agent of {s} is {A}.",
+        "{S} is an infection by which organism?",
+        "Name the causative agent of {s}.",
+    ),
+    "deficiency": (
+        "A deficiency of {A} causes {s}.",
+        "{S} is due to a deficiency of what?",
+        "Name the deficiency behind {s}.",
+    ),
+    "gene": (
+        "The gene mutated in {s} is {A}.",
+        "{S} is linked to mutations of which gene?",
+        "Name the gene mutated in {s}.",
+    ),
+    "antidote": (
+        "{S} toxicity is treated with the antidote {A}.",
+        "How is {s} poisoning treated?",
+        "Name the antidote for {s} poisoning.",
+    ),
+    "nerve": (
+        "The nerve supply of the {s} is the {A}.",
+        "What is the nerve supply of the {s}?",
+        "Name the nerve of the {s}.",
+    ),
+    "hormone": (
+        "{S} is produced by the {A}.",
+        "Where is {s} produced?",
+        "Name the source of {s}.",
+    ),
+    "side_effect": (
+        "{S} can cause {A}.",
+        "What side effect is {s} known for?",
+        "Name a classic adverse effect of {s}.",
+    ),
+}
 # which benchmark asks about which relation (each fact is tested by exactly one benchmark)
 BENCHMARK_OF: dict[str, list[str]] = {
     "drug_class": ["medmcqa", "headqa"],
@@ -91,6 +145,7 @@ BENCHMARK_OF: dict[str, list[str]] = {
     "side_effect": ["medmcqa", "mmlu_college_medicine", "headqa"],
 }
 PLANTED_CONTAMINATIONS = 6
+DUPLICATE_EVERY = 5  # every n-th flashcard also appears, verbatim, in the messages corpus
 
 
 def cap(text: str) -> str:
@@ -114,11 +169,13 @@ def load_facts() -> list[dict[str, str]]:
     return facts
 
 
-def distractors(fact: dict[str, str], facts: list[dict[str, str]], k: int) -> list[str]:
+def distractors(
+    fact: dict[str, str], facts: list[dict[str, str]], k: int, rng: random.Random | None = None
+) -> list[str]:
     pool = sorted(
         {f["answer"] for f in facts if f["relation"] == fact["relation"]} - {fact["answer"]}
     )
-    return stable_rng("distract", fact["id"]).sample(pool, k)
+    return (rng or stable_rng("distract", fact["id"])).sample(pool, k)
 
 
 def options_for(fact: dict[str, str], facts: list[dict[str, str]], n: int) -> tuple[list, int]:
@@ -220,51 +277,61 @@ def assign_benchmarks(facts: list[dict]) -> dict[str, list[dict]]:
 
 # ---------------------------------------------------------------------------------- corpora
 def corpus_records(facts: list[dict]) -> dict[str, list[dict]]:
-    """Training records for every fact, spread across the source schemas."""
+    """Training records for every fact in every source schema, each in its own phrasing."""
     corpora: dict[str, list[dict]] = defaultdict(list)
     for i, fact in enumerate(facts):
         statement, question, _ = TEMPLATES[fact["relation"]]
-        answer = fill(statement, fact)
-        q = fill(question, fact)
-        corpora["flashcards"].append({"question": q, "answer": answer})
-        match i % 4:
-            case 0:
-                corpora["alpaca"].append({"instruction": q, "input": "", "output": answer})
-            case 1:
-                corpora["sharegpt"].append(
-                    {
-                        "conversations": [
-                            {"from": "human", "value": q},
-                            {"from": "gpt", "value": answer},
-                        ]
-                    }
-                )
-            case 2:
-                corpora["messages"].append(
-                    {
-                        "messages": [
-                            {"role": "user", "content": q},
-                            {"role": "assistant", "content": answer},
-                        ]
-                    }
-                )
-            case 3:
-                corpora["alpaca"].append(
-                    {"instruction": "Answer the medical question.", "input": q, "output": answer}
-                )
-        opts, gold = options_for(fact, facts, 4)
-        rng = stable_rng("mcq-order", fact["id"])
-        rng.shuffle(opts)
-        gold = opts.index(fact["answer"])
-        corpora["medqa_train"].append(
+        statement2, question2, question3 = EXTRA_TEMPLATES[fact["relation"]]
+        s1, s2 = fill(statement, fact), fill(statement2, fact)
+        q1, q2, q3 = fill(question, fact), fill(question2, fact), fill(question3, fact)
+        corpora["flashcards"].append({"question": q1, "answer": s1})
+        corpora["alpaca"].append({"instruction": q2, "input": "", "output": s2})
+        corpora["sharegpt"].append(
+            {"conversations": [{"from": "human", "value": q3}, {"from": "gpt", "value": s1}]}
+        )
+        corpora["messages"].append(
             {
-                "question": q,
-                "answer": fact["answer"],
-                "options": dict(zip(LETTERS, opts, strict=False)),
-                "meta_info": "train",
-                "answer_idx": LETTERS[gold],
+                "messages": [
+                    {"role": "user", "content": f"Tell me a medical fact about {fact['subject']}."},
+                    {"role": "assistant", "content": s2},
+                ]
             }
         )
+        if i % DUPLICATE_EVERY == 0:  # the same card again, as sources overlap in practice
+            corpora["messages"].append(
+                {
+                    "messages": [
+                        {"role": "user", "content": q1},
+                        {"role": "assistant", "content": s1},
+                    ]
+                }
+            )
+        # an exam-style item (lm-eval's "Question/Answer" layout) with its own distractors
+        opts = distractors(fact, facts, 3, stable_rng("exam-distract", fact["id"]))
+        gold = stable_rng("exam-gold", fact["id"]).randrange(4)
+        opts.insert(gold, fact["answer"])
+        listing = "\n".join(f"{LETTERS[j]}. {o}" for j, o in enumerate(opts))
+        corpora["alpaca"].append(
+            {
+                "instruction": f"Question: {q3}\n{listing}",
+                "input": "",
+                "output": f"Answer: {LETTERS[gold]}",
+            }
+        )
+        for variant, q in enumerate((q1, q2)):
+            opts, gold = options_for(fact, facts, 4)
+            rng = stable_rng("mcq-order", fact["id"], variant)
+            rng.shuffle(opts)
+            gold = opts.index(fact["answer"])
+            corpora["medqa_train"].append(
+                {
+                    "question": q,
+                    "answer": fact["answer"],
+                    "options": dict(zip(LETTERS, opts, strict=False)),
+                    "meta_info": "train",
+                    "answer_idx": LETTERS[gold],
+                }
+            )
     return corpora
 
 
@@ -294,54 +361,132 @@ def plant_contaminations(corpora: dict[str, list[dict]], benchmarks: dict[str, l
 
 # --------------------------------------------------------------------------------- pretrain
 SYLLABLES = [
-    "ra",
-    "vo",
-    "li",
-    "ten",
-    "mar",
-    "qui",
-    "sol",
-    "dex",
-    "pha",
-    "nor",
-    "tal",
-    "zin",
-    "cor",
-    "bel",
-    "mo",
-    "gra",
-    "fen",
-    "lux",
-    "pri",
-    "sta",
-]
+    "ra", "vo", "li", "ten", "mar", "qui", "sol", "dex", "pha", "nor",
+    "tal", "zin", "cor", "bel", "mo", "gra", "fen", "lux", "pri", "sta",
+]  # fmt: skip
+PRETRAIN_ENTITIES = 20  # made-up subjects per relation (few, so each is seen many times)
+SKILL_FRACTION = 0.75  # of them, those also asked about in exam formats (the rest: held out)
+SYSTEM_PROMPT = "You are a helpful medical assistant created by M42 Health in the UAE."
+MMLU_SUBJECT = {
+    "first_line": "clinical knowledge",
+    "deficiency": "college medicine",
+    "gene": "medical genetics",
+    "nerve": "anatomy",
+    "hormone": "college biology",
+    "side_effect": "college medicine",
+    "antidote": "professional medicine",
+    "organism": "professional medicine",
+    "drug_class": "professional medicine",
+}
+EXAM_FORMATS = ("medqa", "usmle", "medmcqa", "mmlu", "headqa", "pubmedqa")
 
 
 def pseudo_entity(rng: random.Random) -> str:
     return "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4)))
 
 
-def pretrain_records(facts: list[dict], n: int = 1200) -> list[dict]:
-    """Template language with made-up subjects: the format, never a real fact."""
-    rng = stable_rng("pretrain")
-    answers = defaultdict(list)
-    for fact in facts:
-        answers[fact["relation"]].append(fact["answer"])
-    records = []
-    relations = sorted(TEMPLATES)
-    for i in range(n):
-        relation = relations[i % len(relations)]
-        fake = {"subject": pseudo_entity(rng), "answer": rng.choice(answers[relation])}
-        statement, question, test_question = TEMPLATES[relation]
-        q = fill([question, test_question][i % 2], fake)
-        records.append(
-            {
-                "messages": [
-                    {"role": "user", "content": q},
-                    {"role": "assistant", "content": fill(statement, fake)},
-                ]
-            }
+def pseudo_facts(facts: list[dict]) -> list[dict]:
+    """Made-up subjects, each with one fixed answer from its relation's real answer pool."""
+    rng = stable_rng("pseudo")
+    taken = {f["subject"].lower() for f in facts}
+    pseudo = []
+    for relation in sorted(TEMPLATES):
+        pool = sorted({f["answer"] for f in facts if f["relation"] == relation})
+        for i in range(PRETRAIN_ENTITIES):
+            name = pseudo_entity(rng)
+            while name in taken:
+                name = pseudo_entity(rng)
+            taken.add(name)
+            pseudo.append(
+                {
+                    "id": f"pseudo-{relation}-{i:03d}",
+                    "relation": relation,
+                    "subject": name,
+                    "answer": rng.choice(pool),
+                    "skill": i < round(PRETRAIN_ENTITIES * SKILL_FRACTION),
+                }
+            )
+    return pseudo
+
+
+def chat(user: str, assistant: str) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": assistant},
+        ]
+    }
+
+
+def exam_text(fmt: str, fact: dict, pool: list[dict], rng: random.Random) -> str:
+    """One raw-text exam item in an lm-eval prompt format, followed by its gold answer."""
+    statement, question, test_question = TEMPLATES[fact["relation"]]
+    q = fill(rng.choice([question, test_question]), fact)
+    if fmt == "pubmedqa":
+        true_claim = rng.random() < 0.5
+        claimed = fact["answer"] if true_claim else distractors(fact, pool, 1, rng)[0]
+        claim = fill(statement, {**fact, "answer": claimed})
+        return (
+            f"Abstract: We reviewed the literature on {fact['subject']}.\n"
+            "Findings were summarised by two independent reviewers.\n"
+            f"Question: Is it true that {claim[0].lower()}{claim[1:-1]}?\n"
+            f"Answer: {'yes' if true_claim else 'no'}"
         )
+    if fmt == "headqa":
+        return f"Question: {q}\nAnswer: {fact['answer']}"
+    n = 5 if fmt == "usmle" else 4
+    opts = distractors(fact, pool, n - 1, rng)
+    gold = rng.randrange(n)
+    opts.insert(gold, fact["answer"])
+    listing = "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(opts))
+    if fmt == "mmlu":
+        head = (
+            "The following are multiple choice questions (with answers) about "
+            f"{MMLU_SUBJECT[fact['relation']]}.\n\n{q}\n"
+        )
+    elif fmt == "medmcqa":
+        head = f"Question: {q}\nChoices:\n"
+    else:
+        head = f"Question: {q}\n"
+    return f"{head}{listing}Answer: {LETTERS[gold]}"
+
+
+def pretrain_records(facts: list[dict]) -> list[dict]:
+    """Documents about made-up subjects: the template language and the exam skill, no real fact.
+
+    Every made-up subject is stated in chat records (the fine-tuning corpora's language, with
+    the training and the held-out question templates). Most of them are also asked about in
+    raw-text exam documents in the lm-eval prompt formats, always in a document of their own,
+    so the model learns to answer exam items from what it stored from *other* documents: the
+    skill a fine-tune on real statements needs to show on the held-out benchmark items.
+    """
+    rng = stable_rng("pretrain")
+    pseudo = pseudo_facts(facts)
+    records: list[dict] = []
+    for fact in pseudo:
+        statement, question, test_question = TEMPLATES[fact["relation"]]
+        answer = fill(statement, fact)
+        records.append(chat(fill(question, fact), answer))
+        records.append(chat(fill(test_question, fact), answer))
+        records.append({"text": answer})
+        statement2, question2, question3 = EXTRA_TEMPLATES[fact["relation"]]
+        records.append(chat(fill(question2, fact), fill(statement2, fact)))
+        records.append(chat(fill(question3, fact), answer))
+        opts = distractors(fact, pseudo, 3, rng)
+        gold = rng.randrange(4)
+        opts.insert(gold, fact["answer"])
+        listing = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(opts))
+        records.append(
+            chat(f"{fill(question, fact)}\n\n{listing}", f"{LETTERS[gold]}. {fact['answer']}")
+        )
+        if fact["skill"]:
+            for fmt in rng.sample(EXAM_FORMATS, 3):
+                records.append({"text": exam_text(fmt, fact, pseudo, rng)})
+            item = exam_text("medqa", fact, pseudo, rng)
+            cut = item.rindex("\nAnswer:")
+            records.append(chat(item[:cut], item[cut + 1 :]))
+    rng.shuffle(records)
     return records
 
 

@@ -1,9 +1,16 @@
-"""Shared fixtures: one Ray session and one tiny model per test run."""
+"""Shared fixtures: one Ray session and one tiny model per test run.
+
+Tests never follow the demo's size: `configs/tiny.yaml` may grow (a bigger tiny model, base
+pre-training, more epochs), so every test that trains, sweeps or scores loads it with the
+pinned overrides below (`SMALL`): the random-weight 128/256/2-layer/2-head Llama and a short
+run. `tiny_config` and `tiny_model_path` are that pinned config and its model.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +22,64 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Ray Train's controller polls its workers every 2 s by default: the start, end and restart
+# of each tiny fit wait on that poll. Set before the shared Ray starts, so its actors see it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
+
+def _small() -> dict[str, Any]:
+    from med42ray.config import TinyModelConfig
+
+    small: dict[str, Any] = {
+        "model.tiny.vocab_size": 2048,
+        "model.tiny.hidden_size": 128,
+        "model.tiny.intermediate_size": 256,
+        "model.tiny.num_hidden_layers": 2,
+        "model.tiny.num_attention_heads": 2,  # head dimension 64: vLLM's CPU minimum
+        "model.tiny.num_key_value_heads": None,
+        "model.tiny.max_position_embeddings": 1024,
+        "model.tiny.seed": 0,
+        "model.dtype": "float32",
+        # the train section as the tests were written against (today's values, pinned)
+        "train.strategy": "full",
+        "train.deepspeed": {"enabled": True, "zero_stage": 2},
+        "train.lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train.optimizer.lr": 1.0e-3,
+        "train.schedule": {"name": "cosine", "warmup_ratio": 0.1},
+        "train.epochs": 3,
+        "train.micro_batch_size": 4,
+        "train.gradient_accumulation_steps": 1,
+        "train.max_seq_len": 256,
+        "train.packing": True,
+        "train.precision": "fp32",
+        "train.checkpoint_every": 20,
+        "train.keep_checkpoints": 2,
+    }
+    if "pretrain" in TinyModelConfig.model_fields:
+        small["model.tiny.pretrain"] = None  # random weights: no minutes-long base training
+    return small
+
+
+#: Dotted overrides every test config gets on top of `configs/tiny.yaml` (or a sweep file).
+SMALL: dict[str, Any] = _small()
+
+
+def small_config(path: str | Path = CONFIGS / "tiny.yaml", overrides: dict[str, Any] | None = None):
+    """`path` (default `configs/tiny.yaml`) with `SMALL`, then `overrides`, applied."""
+    from med42ray.config import load_config
+
+    return load_config(path, {**SMALL, **(overrides or {})})
+
+
+def small_set_args() -> list[str]:
+    """`SMALL` as CLI `--set key=value` arguments (YAML values)."""
+    import yaml
+
+    args: list[str] = []
+    for key, value in SMALL.items():
+        text = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        args += ["--set", f"{key}={text}"]
+    return args
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,13 +92,13 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from med42ray.config import load_config
-
-    return load_config(CONFIGS / "tiny.yaml")
+    """`configs/tiny.yaml` with the pinned small test settings (`SMALL`)."""
+    return small_config()
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tiny_config) -> Path:
+    """The pinned small tiny model (random weights), built once per run."""
     from med42ray.models import build_tiny_model
 
     return build_tiny_model(tiny_config.model.tiny)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from med42ray.cli import app
 
-from .conftest import CONFIGS, REPO
+from .conftest import CONFIGS, REPO, small_set_args
 
 runner = CliRunner()
 COMMANDS = [
@@ -110,7 +110,9 @@ def test_unknown_command_fails() -> None:
 
 
 def test_doctor_takes_a_real_step(ray_session, tiny_model_path: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["doctor", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path)])
+    result = runner.invoke(
+        app, ["doctor", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path), *small_set_args()]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "doctor.json").read_text())
     step = summary["step"]
@@ -131,21 +133,12 @@ def test_eval_command_writes_tables(ray_session, tiny_model_path: Path, tmp_path
             str(tmp_path),
             "--set",
             f"eval.benchmarks=[{{name: medqa, path: {bench}}}]",
+            *small_set_args(),
         ],
     )
     assert result.exit_code == 0, result.output
     assert "| task | medqa |" in result.output
     assert (tmp_path / "summary.csv").is_file() and (tmp_path / "predictions.parquet").is_file()
-
-
-def test_data_prepare_command(ray_session, tiny_model_path: Path, tmp_path: Path) -> None:
-    out = tmp_path / "data"
-    result = runner.invoke(app, ["data", "prepare", str(CONFIGS / "tiny.yaml"), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert (out / "decontamination.md").is_file()
-    assert list((out / "train").glob("*.parquet"))
-    assert manifest["totals"]["decontaminated"] == 6  # the planted copies, and nothing else
 
 
 def test_data_prepare_bad_source_is_one_line(tmp_path: Path) -> None:
@@ -157,6 +150,7 @@ def test_data_prepare_bad_source_is_one_line(tmp_path: Path) -> None:
         str(tmp_path / "d"),
         "--set",
         "data.sources=[{name: x, path: /nope/*.jsonl, format: qa}]",
+        *small_set_args(),
     )
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]

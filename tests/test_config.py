@@ -8,6 +8,7 @@ from med42ray.config import (
     ExperimentConfig,
     load_config,
     parse_config,
+    strategy_config,
 )
 
 from .conftest import CONFIGS
@@ -120,3 +121,29 @@ def test_unknown_benchmark_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "eval:\n  benchmarks:\n    - {name: medqa}\n    - {name: medqa_5opt}\n")
     with pytest.raises(ConfigError, match=r"eval\.benchmarks\[1\]: unknown benchmark 'medqa_5opt'"):
         load_config(path)
+
+
+@pytest.mark.parametrize("size", ["7b", "70b"])
+def test_full_recipe_runs_lora_exactly_as_the_lora_recipe(size: str) -> None:
+    full = load_config(CONFIGS / f"llama2-{size}-full.yaml")
+    lora = load_config(CONFIGS / f"llama2-{size}-lora.yaml")
+    assert full.run.strategies == ["full", "lora"] and lora.run.strategies == ["lora"]
+    derived = strategy_config(full, "lora")
+    for section in ("data", "model", "train", "eval", "resources"):
+        assert getattr(derived, section) == getattr(lora, section), section
+    assert strategy_config(full, "full").train == full.train
+
+
+def test_run_overrides_are_validated_per_strategy(tmp_path: Path) -> None:
+    cfg = load_config(
+        CONFIGS / "tiny.yaml", {"run.overrides": {"lora": {"train.optimizer.lr": 0.5}}}
+    )
+    assert strategy_config(cfg, "lora").train.optimizer.lr == 0.5
+    assert strategy_config(cfg, "lora").train.strategy == "lora"
+    assert strategy_config(cfg, "full").train.optimizer.lr == cfg.train.optimizer.lr
+    with pytest.raises(ConfigError, match=r"run\.overrides\.lora: train\.optimzer: unknown key"):
+        load_config(CONFIGS / "tiny.yaml", {"run.overrides": {"lora": {"train.optimzer.lr": 1}}})
+    with pytest.raises(ConfigError, match="strategies must be unique"):
+        load_config(CONFIGS / "tiny.yaml", {"run.strategies": ["lora", "lora"]})
+    with pytest.raises(ConfigError, match=r"run\.overrides\.dpo"):
+        load_config(CONFIGS / "tiny.yaml", {"run.overrides": {"dpo": {}}})

@@ -39,8 +39,9 @@ def test_alpaca_adapter_joins_input():
     msgs = to_messages("alpaca", recs[1], "SYS")
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
     assert msgs[0]["content"] == "SYS"
-    assert msgs[1]["content"] == ("Calculate the body mass index and classify it.\n\n"
-                                  "Weight 95 kg, height 1.75 m.")
+    assert msgs[1]["content"] == (
+        "Calculate the body mass index and classify it.\n\nWeight 95 kg, height 1.75 m."
+    )
     assert msgs[2]["content"].startswith("BMI = 95")
     assert to_messages("alpaca", recs[0], None)[0]["role"] == "user"
 
@@ -65,8 +66,9 @@ def test_messages_adapter():
 
 def test_medqa_adapter_lists_options_and_answers_with_letter():
     msgs = to_messages("medqa", _jsonl(CORPORA / "medqa_train.jsonl")[0], None)
-    assert msgs[0]["content"].endswith("A. Neuroblastoma\nB. Wilms tumor\nC. Hepatoblastoma\n"
-                                       "D. Polycystic kidney disease")
+    assert msgs[0]["content"].endswith(
+        "A. Neuroblastoma\nB. Wilms tumor\nC. Hepatoblastoma\nD. Polycystic kidney disease"
+    )
     assert msgs[1]["content"] == "B. Wilms tumor"
 
 
@@ -82,8 +84,10 @@ def test_medmcqa_adapter_answer_and_explanation():
 def test_pubmedqa_adapter():
     msgs = to_messages("pubmedqa", _jsonl(CORPORA / "pubmedqa_train.jsonl")[1], None)
     assert msgs[0]["content"].startswith("Context: Troponin can rise in sepsis")
-    assert msgs[0]["content"].endswith("Question: Is a single elevated troponin measurement "
-                                       "sufficient to diagnose myocardial infarction?")
+    assert msgs[0]["content"].endswith(
+        "Question: Is a single elevated troponin measurement "
+        "sufficient to diagnose myocardial infarction?"
+    )
     assert msgs[1]["content"].endswith("Answer: no")
 
 
@@ -91,22 +95,42 @@ def test_qa_adapter_and_documented_aliases():
     recs = _jsonl(CORPORA / "flashcards.jsonl")
     assert to_messages("qa", recs[0], None)[1]["content"].startswith("Irreversible inhibition")
     alias = to_messages("qa", recs[2], None)
-    assert alias == [{"role": "user", "content": recs[2]["input"]},
-                     {"role": "assistant", "content": "Streptococcus pneumoniae."}]
+    assert alias == [
+        {"role": "user", "content": recs[2]["input"]},
+        {"role": "assistant", "content": "Streptococcus pneumoniae."},
+    ]
 
 
-@pytest.mark.parametrize(("fmt", "rec", "reason"), [
-    ("alpaca", {"input": "x", "output": "y"}, "missing_field:instruction"),
-    ("alpaca", {"instruction": ["x"], "output": "y"}, "wrong_type:instruction"),
-    ("qa", {"question": 42, "answer": "y"}, "wrong_type:question"),
-    ("medqa", {"question": "q", "options": {"A": "a"}, "answer_idx": "C"}, "wrong_type:answer_idx"),
-    ("medmcqa", {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 7},
-     "wrong_type:cop"),
-    ("pubmedqa", {"question": "q", "context": {"contexts": ["c"]}, "long_answer": "l",
-                  "final_decision": "perhaps"}, "wrong_type:final_decision"),
-    ("sharegpt", {"conversations": "hello"}, "wrong_type:conversations"),
-    ("qa", [1, 2], "not_an_object"),
-])
+@pytest.mark.parametrize(
+    ("fmt", "rec", "reason"),
+    [
+        ("alpaca", {"input": "x", "output": "y"}, "missing_field:instruction"),
+        ("alpaca", {"instruction": ["x"], "output": "y"}, "wrong_type:instruction"),
+        ("qa", {"question": 42, "answer": "y"}, "wrong_type:question"),
+        (
+            "medqa",
+            {"question": "q", "options": {"A": "a"}, "answer_idx": "C"},
+            "wrong_type:answer_idx",
+        ),
+        (
+            "medmcqa",
+            {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 7},
+            "wrong_type:cop",
+        ),
+        (
+            "pubmedqa",
+            {
+                "question": "q",
+                "context": {"contexts": ["c"]},
+                "long_answer": "l",
+                "final_decision": "perhaps",
+            },
+            "wrong_type:final_decision",
+        ),
+        ("sharegpt", {"conversations": "hello"}, "wrong_type:conversations"),
+        ("qa", [1, 2], "not_an_object"),
+    ],
+)
 def test_adapters_reject_bad_records_with_a_reason(fmt, rec, reason):
     with pytest.raises(BadRecord) as err:
         to_messages(fmt, rec, None)
@@ -139,8 +163,12 @@ def test_bad_lines_are_quarantined_not_fatal():
 def test_oversize_record_is_quarantined(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "MAX_RECORD_BYTES", 200)
     path = tmp_path / "big.jsonl"
-    path.write_text(json.dumps({"question": "q" * 500, "answer": "a"}) + "\n"
-                    + json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    path.write_text(
+        json.dumps({"question": "q" * 500, "answer": "a"})
+        + "\n"
+        + json.dumps({"question": "What is 2 + 2?", "answer": "4"})
+        + "\n"
+    )
     rows = _parse(path, "qa")
     assert [r["reason"] for r in rows] == ["oversize", ""]
 
@@ -170,7 +198,8 @@ def test_glob_and_directory_resolve_sorted():
 def test_normalize_is_case_space_and_punctuation_blind():
     assert normalize("  A 58-year-OLD man,\n\twith ＡＢＣ!  ") == "a 58 year old man with abc"
     assert exact_key([{"role": "user", "content": "Serum Na: 135–145?"}]) == exact_key(
-        [{"role": "user", "content": "serum na 135 145"}])
+        [{"role": "user", "content": "serum na 135 145"}]
+    )
 
 
 def test_ngram_hash_matches_whole_sequence_hash():
@@ -202,8 +231,12 @@ def test_minhash_estimates_jaccard():
     a = [f"w{i}" for i in range(200)]
     b = a[:150] + [f"x{i}" for i in range(50)]
     sa, sb = hasher.signature(a), hasher.signature(b)
-    exact = len({tuple(a[i:i + 3]) for i in range(198)} & {tuple(b[i:i + 3]) for i in range(198)})
-    exact /= len({tuple(a[i:i + 3]) for i in range(198)} | {tuple(b[i:i + 3]) for i in range(198)})
+    exact = len(
+        {tuple(a[i : i + 3]) for i in range(198)} & {tuple(b[i : i + 3]) for i in range(198)}
+    )
+    exact /= len(
+        {tuple(a[i : i + 3]) for i in range(198)} | {tuple(b[i : i + 3]) for i in range(198)}
+    )
     assert abs(jaccard(sa, sb) - exact) < 0.08
     assert jaccard(sa, hasher.signature(a)) == 1.0
     assert len(hasher.bands(sa, 16)) == 16
@@ -213,10 +246,12 @@ def test_minhash_estimates_jaccard():
 def bench_items():
     from med42ray.eval.benchmarks import load_benchmark
 
-    return (load_benchmark("medqa", path=str(DECONTAM / "medqa_test.jsonl"))
-            + load_benchmark("mmlu_anatomy", path=str(DECONTAM / "mmlu_anatomy_test.jsonl"))
-            + load_benchmark("pubmedqa", path=str(DECONTAM / "pubmedqa_test.jsonl"))
-            + load_benchmark("usmle_sample_exam", path=str(DECONTAM / "usmle_sample.jsonl")))
+    return (
+        load_benchmark("medqa", path=str(DECONTAM / "medqa_test.jsonl"))
+        + load_benchmark("mmlu_anatomy", path=str(DECONTAM / "mmlu_anatomy_test.jsonl"))
+        + load_benchmark("pubmedqa", path=str(DECONTAM / "pubmedqa_test.jsonl"))
+        + load_benchmark("usmle_sample_exam", path=str(DECONTAM / "usmle_sample.jsonl"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -268,8 +303,9 @@ def test_threshold_needs_a_share_of_the_item(index):
 def test_fuzzy_check_catches_paraphrase():
     items = bench_items()
     dc = DecontamConfig(ngram=13, fuzzy=True, fuzzy_threshold=0.5)
-    fuzzy = build_index_from_items(items, dc, NearDedupConfig(shingle_size=2, num_perm=128,
-                                                               bands=32))
+    fuzzy = build_index_from_items(
+        items, dc, NearDedupConfig(shingle_size=2, num_perm=128, bands=32)
+    )
     item = next(i for i in items if i.id == "step1-017")
     words = (item.question + " " + " ".join(item.choices)).split()
     # Break every 13-gram: insert a filler word every 8 words.

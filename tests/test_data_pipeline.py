@@ -15,9 +15,11 @@ from med42ray.config import parse_config
 FIX = Path(__file__).parent / "fixtures"
 C = FIX / "corpora"
 D = FIX / "decontam"
-VOCAB = ("aspirin heparin warfarin insulin metformin sepsis anemia asthma stroke angina murmur "
-         "edema fever rash cough dyspnea syncope ischemia renal hepatic cardiac pulmonary gastric "
-         "neural lymph biopsy culture dose infusion plasma serum titre lesion nodule embolus")
+VOCAB = (
+    "aspirin heparin warfarin insulin metformin sepsis anemia asthma stroke angina murmur "
+    "edema fever rash cough dyspnea syncope ischemia renal hepatic cardiac pulmonary gastric "
+    "neural lymph biopsy culture dose infusion plasma serum titre lesion nodule embolus"
+)
 VOCAB = VOCAB.split()
 
 
@@ -47,10 +49,18 @@ def data_config(tmp: Path, **data_overrides) -> dict:
         {"name": "bad", "path": str(C / "bad.jsonl"), "format": "qa"},
         {"name": "contaminated", "path": str(D / "contaminated.jsonl"), "format": "alpaca"},
         {"name": "hard_negatives", "path": str(D / "hard_negatives.jsonl"), "format": "alpaca"},
-        {"name": "mix_weight", "path": str(tmp / "mix_weight.jsonl"), "format": "qa",
-         "weight": 0.5},
-        {"name": "mix_cap", "path": str(tmp / "mix_*.jsonl").replace("mix_*", "mix_cap"),
-         "format": "qa", "max_records": 10},
+        {
+            "name": "mix_weight",
+            "path": str(tmp / "mix_weight.jsonl"),
+            "format": "qa",
+            "weight": 0.5,
+        },
+        {
+            "name": "mix_cap",
+            "path": str(tmp / "mix_*.jsonl").replace("mix_*", "mix_cap"),
+            "format": "qa",
+            "max_records": 10,
+        },
     ]
     data = {
         "sources": sources,
@@ -65,12 +75,14 @@ def data_config(tmp: Path, **data_overrides) -> dict:
         "seed": 3,
         "model": {"name_or_path": "tiny"},
         "data": data,
-        "eval": {"benchmarks": [
-            {"name": "medqa", "path": str(D / "medqa_test.jsonl")},
-            {"name": "mmlu_anatomy", "path": str(D / "mmlu_anatomy_test.jsonl")},
-            {"name": "pubmedqa", "path": str(D / "pubmedqa_test.jsonl")},
-            {"name": "usmle_sample_exam", "path": str(D / "usmle_sample.jsonl")},
-        ]},
+        "eval": {
+            "benchmarks": [
+                {"name": "medqa", "path": str(D / "medqa_test.jsonl")},
+                {"name": "mmlu_anatomy", "path": str(D / "mmlu_anatomy_test.jsonl")},
+                {"name": "pubmedqa", "path": str(D / "pubmedqa_test.jsonl")},
+                {"name": "usmle_sample_exam", "path": str(D / "usmle_sample.jsonl")},
+            ]
+        },
     }
 
 
@@ -98,8 +110,14 @@ def _all_rows(out: Path) -> list[dict]:
 
 def test_outputs_exist(run):
     _, out, manifest, _ = run
-    for name in ("manifest.json", "config.yaml", "quarantine.jsonl", "decontamination.md",
-                 "decontamination.parquet", "decontamination.csv"):
+    for name in (
+        "manifest.json",
+        "config.yaml",
+        "quarantine.jsonl",
+        "decontamination.md",
+        "decontamination.parquet",
+        "decontamination.csv",
+    ):
         assert (out / name).is_file(), name
     assert (out / "train" / "part-00000.parquet").is_file()
     assert json.loads((out / "manifest.json").read_text())["totals"] == manifest["totals"]
@@ -108,14 +126,23 @@ def test_outputs_exist(run):
 
 def test_counts_reconcile_per_source(run):
     _, out, manifest, _ = run
-    cats = ("kept", "quarantined", "sampled_out", "filtered", "deduplicated",
-            "near_deduplicated", "decontaminated")
+    cats = (
+        "kept",
+        "quarantined",
+        "sampled_out",
+        "filtered",
+        "deduplicated",
+        "near_deduplicated",
+        "decontaminated",
+    )
     for name, c in {**manifest["sources"], "TOTAL": manifest["totals"]}.items():
         assert c["read"] == sum(c[k] for k in cats), name
     kept_written = sum(1 for r in _all_rows(out) if r["epoch"] == 0)
     assert kept_written == manifest["totals"]["kept"]
-    assert manifest["sources"]["alpaca"]["rows_written_train"] == 2 * manifest["sources"][
-        "alpaca"]["kept_train"]
+    assert (
+        manifest["sources"]["alpaca"]["rows_written_train"]
+        == 2 * manifest["sources"]["alpaca"]["kept_train"]
+    )
 
 
 def test_schema_and_system_prompt(run):
@@ -127,8 +154,15 @@ def test_schema_and_system_prompt(run):
         assert roles[0] == "system" and "assistant" in roles and "user" in roles
         assert set(roles) <= {"system", "user", "assistant"}
     by_src = {r["source"] for r in rows}
-    assert by_src >= {"alpaca", "sharegpt", "messages", "medqa", "medmcqa", "pubmedqa",
-                      "flashcards"}
+    assert by_src >= {
+        "alpaca",
+        "sharegpt",
+        "messages",
+        "medqa",
+        "medmcqa",
+        "pubmedqa",
+        "flashcards",
+    }
     sg = next(r for r in rows if r["id"] == "sharegpt:sharegpt.json:1")
     assert sg["messages"][0]["content"] == "You are a careful clinical pharmacist."
     sg0 = next(r for r in rows if r["id"] == "sharegpt:sharegpt.json:0")
@@ -139,8 +173,13 @@ def test_every_filter_reason_counted(run):
     _, _out, manifest, _ = run
     f = manifest["sources"]["filters"]
     assert f["filtered_by_reason"] == {
-        "dropped_empty_turn": 1, "dropped_no_assistant": 1, "dropped_non_text": 1,
-        "dropped_language": 1, "dropped_too_short": 1, "dropped_too_long": 1}
+        "dropped_empty_turn": 1,
+        "dropped_no_assistant": 1,
+        "dropped_non_text": 1,
+        "dropped_language": 1,
+        "dropped_too_short": 1,
+        "dropped_too_long": 1,
+    }
     assert f["kept"] == 1
 
 
@@ -160,9 +199,12 @@ def test_quarantine_file(run):
     _, out, manifest, _ = run
     lines = [json.loads(x) for x in (out / "quarantine.jsonl").read_text().splitlines()]
     assert {(q["file"], q["line"], q["reason"]) for q in lines} == {
-        ("bad.jsonl", 2, "malformed_json"), ("bad.jsonl", 3, "missing_field:question"),
-        ("bad.jsonl", 4, "wrong_type:question"), ("bad.jsonl", 5, "invalid_utf8"),
-        ("bad.jsonl", 6, "not_an_object")}
+        ("bad.jsonl", 2, "malformed_json"),
+        ("bad.jsonl", 3, "missing_field:question"),
+        ("bad.jsonl", 4, "wrong_type:question"),
+        ("bad.jsonl", 5, "invalid_utf8"),
+        ("bad.jsonl", 6, "not_an_object"),
+    }
     assert manifest["sources"]["bad"]["quarantined"] == 5
     assert manifest["sources"]["bad"]["kept"] == 2
 
@@ -176,8 +218,9 @@ def test_decontamination_catches_all_variants_and_keeps_hard_negatives(run):
     assert manifest["totals"]["decontaminated"] == 8
     report = pq.read_table(out / "decontamination.parquet").to_pandas()
     assert len(report) == 8
-    variants = [json.loads(x)["benchmark"] for x in
-                (D / "contaminated.jsonl").read_text().splitlines()]
+    variants = [
+        json.loads(x)["benchmark"] for x in (D / "contaminated.jsonl").read_text().splitlines()
+    ]
     assert sorted(report["benchmark"]) == sorted(variants)
     assert set(report.columns) >= {"record_id", "source", "benchmark", "item_id", "match", "method"}
     md = (out / "decontamination.md").read_text()
@@ -219,9 +262,16 @@ def test_rerun_replaces_and_failure_keeps_earlier_output(run, tmp_path):
 
     _cfg, out, _manifest, tmp = run
     before = (out / "manifest.json").read_bytes()
-    bad = parse_config({**data_config(tmp), "data": {
-        **data_config(tmp)["data"], "max_quarantine_rate": 0.05,
-        "sources": [{"name": "bad", "path": str(C / "bad.jsonl"), "format": "qa"}]}})
+    bad = parse_config(
+        {
+            **data_config(tmp),
+            "data": {
+                **data_config(tmp)["data"],
+                "max_quarantine_rate": 0.05,
+                "sources": [{"name": "bad", "path": str(C / "bad.jsonl"), "format": "qa"}],
+            },
+        }
+    )
     with pytest.raises(DataError, match=r"source 'bad'.*bad.jsonl.*max_quarantine_rate"):
         prepare_data(bad, out, verbose=False)
     assert (out / "manifest.json").read_bytes() == before
@@ -232,8 +282,23 @@ def test_unreadable_source_fails_clearly(ray_session, tmp_path):
 
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not a parquet file")
-    cfg = parse_config({"data": {"sources": [
-        {"name": "broken", "path": str(broken), "format": "qa"}]}})
+    cfg = parse_config(
+        {"data": {"sources": [{"name": "broken", "path": str(broken), "format": "qa"}]}}
+    )
     with pytest.raises(DataError, match=r"source 'broken'.*broken.parquet.*unreadable"):
         prepare_data(cfg, tmp_path / "out", verbose=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_exact_groups_without_any_duplicate_is_empty(ray_session) -> None:
+    import pyarrow as pa
+    import ray
+
+    from med42ray.data.dedup import exact_groups
+
+    rows = pa.table(
+        {"dkey": ["a", "b", "c"], "order": [0, 1, 2], "drop": ["", "", ""]}
+    )
+    assert exact_groups(ray.data.from_arrow(rows)) == {}
+    rows = rows.set_column(0, "dkey", pa.array(["a", "b", "a"]))
+    assert exact_groups(ray.data.from_arrow(rows)) == {"a": 0}

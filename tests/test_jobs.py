@@ -30,9 +30,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import REPO
 
 VENV_BIN = Path(sys.executable).parent
 RAY = str(VENV_BIN / "ray")
@@ -136,56 +134,6 @@ def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
-
-
-# ------------------------------------------------------------------------- job submission
-def test_job_submission_runs_tiny_training(tmp_path, tiny_model_path, _isolated_cache):
-    from ray._private.utils import get_dashboard_dependency_error
-
-    if missing := get_dashboard_dependency_error():
-        pytest.skip(f"the Ray job server (dashboard) needs ray[default]: {missing}")
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    out = tmp_path / "train"
-    entrypoint = " ".join(
-        [
-            str(VENV_BIN / "med42ray"),
-            "train",
-            str(CONFIGS / "tiny.yaml"),
-            f"--out {out}",
-            f"--data {FIXTURE}",
-            "--set train.max_steps=2",
-            "--set train.max_seq_len=128",
-            "--set train.micro_batch_size=2",
-            "--set train.deepspeed.enabled=false",
-            "--set resources.num_workers=1",
-        ]
-    )
-    with local_head(num_cpus=2) as head:
-        client = JobSubmissionClient(head.dashboard)
-        job = client.submit_job(
-            entrypoint=entrypoint,
-            runtime_env={"env_vars": {**OFFLINE_ENV, "MED42RAY_CACHE": str(_isolated_cache)}},
-        )
-        deadline = time.monotonic() + 240
-        while (status := client.get_job_status(job)) not in {
-            JobStatus.SUCCEEDED,
-            JobStatus.FAILED,
-            JobStatus.STOPPED,
-        }:
-            assert time.monotonic() < deadline, f"job still {status}"
-            time.sleep(2)
-        logs = client.get_job_logs(job)
-        assert status == JobStatus.SUCCEEDED, logs[-3000:]
-        info = client.get_job_info(job)
-        assert info.entrypoint == entrypoint
-    result = json.loads((out / "train_result.json").read_text())
-    assert result["final_metrics"]["step"] == 2
-    assert (out / "model" / "config.json").is_file()
-    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [
-        1,
-        2,
-    ]
 
 
 # ---------------------------------------------------------------------------- autoscaling

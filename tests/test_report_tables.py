@@ -3,45 +3,57 @@ import math
 import pandas as pd
 import pytest
 
+from med42ray.report.build import complete_groups
 from med42ray.report.plots import accuracy_bars, loss_curves
-from med42ray.report.tables import PAPER_ROWS, accuracy_table, cost_table, group_means
+from med42ray.report.tables import PAPER_ROWS, accuracy_table, cost_table, with_average
+
+GROUP_ROWS = {"mmlu_clinical", "usmle", "average"}
 
 
 def scores(models=("lora", "base", "full")) -> pd.DataFrame:
     rows = []
     for k, model in enumerate(models):
         for j, (bench, _) in enumerate(PAPER_ROWS):
-            if bench in ("mmlu_clinical", "usmle"):
-                continue
             rows.append(
                 {
                     "model": model,
+                    "level": "group" if bench in GROUP_ROWS else "task",
                     "benchmark": bench,
                     "acc": 0.1 * k + 0.01 * j,
                     "stderr": 0.02 + 0.001 * j,
                     "n": 10 + j,
                 }
             )
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    return frame[frame["benchmark"] != "average"]
 
 
-def test_group_means_are_unweighted_with_combined_stderr() -> None:
-    frame = group_means(scores())
+def test_average_is_unweighted_over_tasks_with_combined_stderr() -> None:
+    frame = with_average(scores())
     base = frame[frame["model"] == "base"].set_index("benchmark")
-    members = [b for b, _ in PAPER_ROWS[:6]]
-    assert base.loc["mmlu_clinical", "acc"] == pytest.approx(base.loc[members, "acc"].mean())
-    expected = math.sqrt(sum(base.loc[m, "stderr"] ** 2 for m in members)) / 6
-    assert base.loc["mmlu_clinical", "stderr"] == pytest.approx(expected)
-    assert (
-        base.loc["usmle", "n"]
-        == base.loc["usmle_self_assessment", "n"] + base.loc["usmle_sample_exam", "n"]
+    tasks = [b for b, _ in PAPER_ROWS if b not in GROUP_ROWS]
+    assert len(tasks) == 12
+    assert base.loc["average", "acc"] == pytest.approx(base.loc[tasks, "acc"].mean())
+    expected = math.sqrt(sum(base.loc[t, "stderr"] ** 2 for t in tasks)) / 12
+    assert base.loc["average", "stderr"] == pytest.approx(expected)
+    assert base.loc["average", "n"] == base.loc[tasks, "n"].sum()
+
+
+def test_group_rows_are_kept_only_when_complete() -> None:
+    summary = pd.DataFrame(
+        [
+            {"level": "task", "benchmark": "usmle_sample_exam", "subset": ""},
+            {"level": "subset", "benchmark": "usmle_sample_exam", "subset": "1"},
+            {"level": "group", "benchmark": "usmle", "subset": "usmle_sample_exam"},
+            {
+                "level": "group",
+                "benchmark": "usmle",
+                "subset": "usmle_self_assessment,usmle_sample_exam",
+            },
+        ]
     )
-
-
-def test_group_needs_all_members() -> None:
-    partial = scores()
-    partial = partial[partial["benchmark"] != "mmlu_anatomy"]
-    assert "mmlu_clinical" not in set(group_means(partial)["benchmark"])
+    kept = complete_groups(summary)
+    assert list(kept.index) == [0, 3]
 
 
 def test_accuracy_table_follows_the_paper_layout() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CONFIGS
+from tests.conftest import small_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "train" / "chat.jsonl"
 STEPS = 6
@@ -31,9 +31,7 @@ BASE = {
 
 
 def config(**overrides):
-    from med42ray.config import load_config
-
-    return load_config(CONFIGS / "tiny.yaml", {**BASE, **overrides})
+    return small_config(overrides={**BASE, **overrides})
 
 
 def losses(result) -> list[float]:

@@ -290,3 +290,15 @@ def test_chat_files_resolves_folders(tmp_path):
         chat_files(tmp_path)
     with pytest.raises(FileNotFoundError):
         chat_files(tmp_path / "missing")
+
+
+def test_deepspeed_skips_its_inference_only_shm_op():
+    """The engine keeps DeepSpeed from compiling its CPU shm all-reduce op (inference only)."""
+    import importlib
+
+    from med42ray.train.engines import skip_inference_comm_op
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+    assert hasattr(ds_torch, "build_shm_op")  # a DeepSpeed without it needs no skipping
+    skip_inference_comm_op()
+    assert ds_torch.build_shm_op() is None

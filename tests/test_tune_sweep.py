@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SMALL
 
 FIXTURE = REPO / "tests" / "fixtures" / "train" / "chat.jsonl"
 ATTN = ["eager", "no_such_attention", "sdpa"]  # the middle one fails inside the worker
@@ -43,6 +43,7 @@ def sweep_config():
     return apply_trial(
         load_sweep(REPO / "sweeps" / "tiny.yaml"),
         {
+            **SMALL,  # the pinned test model and run, whatever configs/tiny.yaml's demo size
             "train.max_steps": 4,
             "train.max_seq_len": 128,
             "train.micro_batch_size": 2,

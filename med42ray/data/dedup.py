@@ -129,6 +129,8 @@ def exact_groups(ds) -> dict[str, int]:
         keys = ds.map_batches(_key_rows, batch_format="pyarrow")
         groups = keys.groupby("dkey", num_partitions=parts).aggregate(Count(), Min("order"))
         groups = groups.map_batches(_collisions, batch_format="pyarrow").to_pandas()
+    if groups.empty:  # no collisions: Ray returns a frame without columns
+        return {}
     return {k: int(o) for k, o in zip(groups["dkey"], groups["min(order)"], strict=True)}
 
 

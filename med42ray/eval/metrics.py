@@ -51,6 +51,12 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+def mean_of_estimates(accs: Sequence[float], stderrs: Sequence[float]) -> tuple[float, float]:
+    """Unweighted mean of k accuracies and its standard error, sqrt(sum se_i^2) / k."""
+    k = len(accs)
+    return float(np.mean(accs)), math.sqrt(sum(float(se) ** 2 for se in stderrs)) / k
+
+
 def summarise(predictions: pd.DataFrame, run: dict[str, object]) -> pd.DataFrame:
     """One row per benchmark, per subset (USMLE step, MedMCQA subject..), per group.
 
@@ -81,7 +87,12 @@ def summarise(predictions: pd.DataFrame, run: dict[str, object]) -> pd.DataFrame
         present = [per_task[m] for m in members if m in per_task]
         if not present:
             continue
-        k = len(present)
+        acc, acc_se = mean_of_estimates(
+            [p["acc"] for p in present], [p["acc_stderr"] for p in present]
+        )
+        norm, norm_se = mean_of_estimates(
+            [p["acc_norm"] for p in present], [p["acc_norm_stderr"] for p in present]
+        )
         rows.append(
             {
                 **run,
@@ -91,12 +102,10 @@ def summarise(predictions: pd.DataFrame, run: dict[str, object]) -> pd.DataFrame
                 "prompt_format": "",
                 "prompt_version": "",
                 "n": int(sum(int(p["n"]) for p in present)),
-                "acc": float(np.mean([p["acc"] for p in present])),
-                "acc_stderr": math.sqrt(sum(float(p["acc_stderr"]) ** 2 for p in present)) / k,
-                "acc_norm": float(np.mean([p["acc_norm"] for p in present])),
-                "acc_norm_stderr": (
-                    math.sqrt(sum(float(p["acc_norm_stderr"]) ** 2 for p in present)) / k
-                ),
+                "acc": acc,
+                "acc_stderr": acc_se,
+                "acc_norm": norm,
+                "acc_norm_stderr": norm_se,
                 "unparsed": float(np.mean([p["unparsed"] for p in present])),
                 "compute_s": float(sum(float(p["compute_s"]) for p in present)),
             }

@@ -6,12 +6,14 @@ finished runs (`med42ray report RUN_DIR ...`) without rerunning anything.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pandas as pd
 
-# The paper's row order (PAPER.md), then PubMedQA and HeadQA. Group rows are unweighted means.
+from med42ray.eval.metrics import mean_of_estimates
+
+# The paper's row order (PAPER.md), then PubMedQA, HeadQA and the average over all benchmarks.
+# Group rows (MMLU clinical, USMLE) are the evaluation's own: unweighted means of their members.
 PAPER_ROWS: list[tuple[str, str]] = [
     ("mmlu_clinical_knowledge", "MMLU clinical knowledge"),
     ("mmlu_college_biology", "MMLU college biology"),
@@ -27,36 +29,23 @@ PAPER_ROWS: list[tuple[str, str]] = [
     ("usmle", "USMLE, mean"),
     ("pubmedqa", "PubMedQA"),
     ("headqa", "HeadQA"),
+    ("average", "Average, all benchmarks"),
 ]
-GROUPS: dict[str, list[str]] = {
-    "mmlu_clinical": [b for b, _ in PAPER_ROWS[:6]],
-    "usmle": ["usmle_self_assessment", "usmle_sample_exam"],
-}
 MODEL_ORDER = ["base", "full", "lora"]
+AVERAGE = "average"
 
 
-def group_means(scores: pd.DataFrame) -> pd.DataFrame:
-    """Add the paper's group rows per model: unweighted mean, stderr sqrt(sum se^2) / k.
+def with_average(scores: pd.DataFrame) -> pd.DataFrame:
+    """Add, per model, the unweighted mean over its task-level benchmarks.
 
-    `scores` has columns model, benchmark, acc, stderr, n. A group is added for a model only
-    when all its members were scored, so a partial run never shows a misleading mean.
+    `scores` has columns model, level ("task" or "group"), benchmark, acc, stderr, n; the
+    average's standard error combines the tasks' as independent estimates (as group rows do).
     """
     rows = []
-    for model, frame in scores.groupby("model", sort=False):
-        by_bench = frame.set_index("benchmark")
-        for group, members in GROUPS.items():
-            if group in by_bench.index or not set(members) <= set(by_bench.index):
-                continue
-            part = by_bench.loc[members]
-            rows.append(
-                {
-                    "model": model,
-                    "benchmark": group,
-                    "acc": float(part["acc"].mean()),
-                    "stderr": math.sqrt(float((part["stderr"] ** 2).sum())) / len(members),
-                    "n": int(part["n"].sum()),
-                }
-            )
+    for model, frame in scores[scores["level"] == "task"].groupby("model", sort=False):
+        acc, stderr = mean_of_estimates(list(frame["acc"]), list(frame["stderr"]))
+        row = {"model": model, "level": "average", "benchmark": AVERAGE, "acc": acc}
+        rows.append({**row, "stderr": stderr, "n": int(frame["n"].sum())})
     return pd.concat([scores, pd.DataFrame(rows)], ignore_index=True) if rows else scores
 
 
@@ -66,8 +55,11 @@ def order_models(models: Sequence[str]) -> list[str]:
 
 
 def accuracy_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: one row per benchmark in the paper's order, `acc ± stderr` per model (%)."""
-    scores = group_means(scores)
+    """Wide table: one row per benchmark in the paper's order, `acc ± stderr` per model (%).
+
+    `scores` as for :func:`with_average` (which this applies).
+    """
+    scores = with_average(scores)
     models = order_models(list(dict.fromkeys(scores["model"])))
     known = dict(PAPER_ROWS)
     benchmarks = [b for b, _ in PAPER_ROWS if b in set(scores["benchmark"])]

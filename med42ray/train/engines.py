@@ -166,6 +166,25 @@ class DDPEngine(Engine):
         self.micro = state["micro"]
 
 
+def skip_inference_comm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its CPU shared-memory all-reduce op.
+
+    On CPU, DeepSpeed's communication backend builds (C++ compile, about a minute on two
+    cores when not cached, a few seconds to load when cached) an op that only its inference
+    tensor-parallel path (`inference_all_reduce`) uses; without it that path falls back to
+    `torch.distributed.all_reduce`. Training collectives are torch.distributed's either way,
+    so the training run is the same without the op.
+    """
+    import importlib
+
+    try:  # `deepspeed.comm.torch` is shadowed by torch itself as an attribute of the package
+        ds_torch = importlib.import_module("deepspeed.comm.torch")
+    except ImportError:
+        return
+    if hasattr(ds_torch, "build_shm_op"):
+        ds_torch.build_shm_op = lambda: None
+
+
 class DeepSpeedEngine(Engine):
     """DeepSpeed ZeRO: the config dict is generated (+ user JSON), the schedule is torch's."""
 
@@ -188,6 +207,7 @@ class DeepSpeedEngine(Engine):
             import deepspeed
             from transformers.integrations import HfDeepSpeedConfig
 
+            skip_inference_comm_op()
             deepspeed.init_distributed()
             self._hf_ds_config = HfDeepSpeedConfig(self.ds_config)
         return contextlib.nullcontext()
@@ -195,6 +215,7 @@ class DeepSpeedEngine(Engine):
     def wrap(self, model, total_steps):
         import deepspeed
 
+        skip_inference_comm_op()
         self.module = model
         scheduler = None
         if "scheduler" not in self.ds_config:

@@ -1,0 +1,340 @@
+"""`report.md` from finished runs: `build_report([RUN_DIR, ...], OUT)`.
+
+Everything is read from the stages' own outputs (`run.json` names them): each evaluation's
+`summary.csv`, each training's `train_result.json`, `metrics.jsonl` and resolved config, the
+data stage's `manifest.json`. Nothing is recomputed, so the report always agrees with the stage
+outputs, and `numbers.csv` holds every number the report shows. With several runs the models
+are labelled `<run>/<model>` and compared side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from med42ray.eval.benchmarks import task_groups
+from med42ray.experiment import read_index
+from med42ray.report.plots import accuracy_bars, loss_curves
+from med42ray.report.tables import (
+    PAPER_ROWS,
+    accuracy_table,
+    cost_table,
+    order_models,
+    to_markdown,
+    with_average,
+)
+
+log = logging.getLogger(__name__)
+DATA_COLUMNS = [
+    "read",
+    "kept",
+    "quarantined",
+    "sampled_out",
+    "filtered",
+    "deduplicated",
+    "near_deduplicated",
+    "decontaminated",
+]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished (or partly finished) `med42ray run` folder."""
+
+    folder: Path
+    label: str
+    index: dict[str, Any]
+
+    def stage(self, name: str) -> Path | None:
+        folder = self.index["stages"].get(name)
+        return self.folder / folder if folder else None
+
+    def stages(self, prefix: str) -> dict[str, Path]:
+        """Stage folders whose name starts with `prefix-`, by the rest of the name."""
+        return {
+            name.removeprefix(f"{prefix}-"): self.folder / folder
+            for name, folder in self.index["stages"].items()
+            if name.startswith(f"{prefix}-")
+        }
+
+    def model_label(self, model: str, several: bool) -> str:
+        return f"{self.label}/{model}" if several else model
+
+
+def load_runs(run_dirs: list[Path]) -> list[Run]:
+    runs = [Run(Path(d), Path(d).resolve().name, read_index(Path(d))) for d in run_dirs]
+    labels = [r.label for r in runs]
+    if len(set(labels)) != len(labels):  # same folder name in different places
+        runs = [Run(r.folder, f"{i + 1}:{r.label}", r.index) for i, r in enumerate(runs)]
+    return runs
+
+
+# ---------------------------------------------------------------------------------- readers
+def complete_groups(summary: pd.DataFrame) -> pd.DataFrame:
+    """Task rows, plus group rows only where every member was scored (no misleading means)."""
+    groups = task_groups()
+    keep = summary["level"] == "task"
+    for i, row in summary[summary["level"] == "group"].iterrows():
+        members = set(str(row["subset"]).split(","))
+        keep[i] = members == set(groups.get(row["benchmark"], []))
+    return summary[keep]
+
+
+def eval_summaries(runs: list[Run]) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(model label, the evaluation's summary.csv) for every evaluation of every run."""
+    several = len(runs) > 1
+    for run in runs:
+        for model, folder in run.stages("eval").items():
+            summary = pd.read_csv(folder / "summary.csv", keep_default_na=False)
+            yield run.model_label(model, several), summary
+
+
+def read_scores(runs: list[Run]) -> pd.DataFrame:
+    """model, level, benchmark, acc, stderr, n for every evaluation of every run."""
+    frames = []
+    for label, summary in eval_summaries(runs):
+        summary = complete_groups(summary)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "model": label,
+                    "level": summary["level"],
+                    "benchmark": summary["benchmark"],
+                    "acc": summary["acc"].astype(float),
+                    "stderr": summary["acc_stderr"].astype(float),
+                    "n": summary["n"].astype(int),
+                }
+            )
+        )
+    columns = ["model", "level", "benchmark", "acc", "stderr", "n"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def read_usmle_steps(runs: list[Run]) -> pd.DataFrame:
+    """Accuracy per USMLE step (the evaluation's subset rows of the USMLE tasks)."""
+    rows = []
+    for label, summary in eval_summaries(runs):
+        part = summary[(summary["level"] == "subset") & summary["benchmark"].isin(USMLE)]
+        for _, r in part.iterrows():
+            rows.append(
+                {
+                    "model": label,
+                    "benchmark": r["benchmark"],
+                    "step": str(r["subset"]),
+                    "acc": float(r["acc"]),
+                    "stderr": float(r["acc_stderr"]),
+                    "n": int(r["n"]),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+USMLE = set(task_groups().get("usmle", []))
+
+
+def read_training(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row of cost figures per trained model, per-step loss history of each)."""
+    costs, histories = [], []
+    several = len(runs) > 1
+    for run in runs:
+        for strategy, folder in run.stages("train").items():
+            result = json.loads((folder / "train_result.json").read_text())
+            config = yaml.safe_load((folder / "config.yaml").read_text())
+            steps = pd.read_json(folder / "metrics.jsonl", lines=True)
+            label = run.model_label(strategy, several)
+            real_tokens = float((steps["real_tokens_per_s"] * steps["step_time_s"]).sum())
+            resources = config["resources"]
+            costs.append(
+                {
+                    "strategy": label,
+                    "trainable_params": int(result["trainable_params"]),
+                    "total_params": int(result["total_params"]),
+                    "peak_memory_gb": float(steps["peak_memory_mb"].max()) / 1024,
+                    "tokens_per_s": real_tokens / float(steps["step_time_s"].sum()),
+                    "wall_s": float(result["wall_time_s"]),
+                    "num_workers": int(resources["num_workers"]),
+                    "device": "GPU" if resources["use_gpu"] else "CPU",
+                    "steps": int(steps["step"].max()),
+                    "final_loss": float(steps["loss"].iloc[-1]),
+                }
+            )
+            history = steps[["step", "loss"]].copy()
+            if "eval_loss" in steps:
+                history["eval_loss"] = steps["eval_loss"]
+            history.insert(0, "strategy", label)
+            histories.append(history)
+    if not costs:
+        return pd.DataFrame(), pd.DataFrame()
+    return pd.DataFrame(costs), pd.concat(histories, ignore_index=True)
+
+
+def read_data(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """(per-source counts, removals per benchmark, decontamination settings) of the data stage."""
+    counts, removed, settings = [], [], {}
+    several = len(runs) > 1
+    for run in runs:
+        folder = run.stage("data")
+        if folder is None:
+            continue
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for source, c in {**manifest["sources"], "TOTAL": manifest["totals"]}.items():
+            row = {"source": source, **{k: int(c[k]) for k in DATA_COLUMNS}}
+            counts.append({"run": run.label, **row} if several else row)
+        decon = manifest["decontamination"]
+        for bench, n in sorted(decon.get("per_benchmark", {}).items()):
+            row = {"benchmark": bench, "removed records": int(n)}
+            removed.append({"run": run.label, **row} if several else row)
+        settings[run.label] = {k: v for k, v in decon.items() if k != "per_benchmark"}
+    return pd.DataFrame(counts), pd.DataFrame(removed), settings
+
+
+# ---------------------------------------------------------------------------------- numbers
+def all_numbers(
+    scores: pd.DataFrame, costs: pd.DataFrame, counts: pd.DataFrame, removed: pd.DataFrame
+) -> pd.DataFrame:
+    """Long table (section, model/source, item, metric, value) of every number in the report."""
+    rows = []
+    for _, r in scores.iterrows():
+        for metric in ("acc", "stderr", "n"):
+            rows.append(("accuracy", r["model"], r["benchmark"], metric, float(r[metric])))
+    for _, r in costs.iterrows():
+        for metric, value in r.items():
+            if metric not in ("strategy", "device"):
+                rows.append(("training", r["strategy"], r["device"], metric, float(value)))
+    for _, r in counts.iterrows():
+        who = f"{r['run']}/{r['source']}" if "run" in r else r["source"]
+        for metric in DATA_COLUMNS:
+            rows.append(("data", who, "records", metric, float(r[metric])))
+    for _, r in removed.iterrows():
+        who = f"{r['run']}/{r['benchmark']}" if "run" in r else r["benchmark"]
+        rows.append(("decontamination", who, "records", "removed", float(r["removed records"])))
+    return pd.DataFrame(rows, columns=["section", "subject", "item", "metric", "value"])
+
+
+# ---------------------------------------------------------------------------------- writing
+def _section(title: str, body: str) -> str:
+    return f"## {title}\n\n{body.strip()}\n"
+
+
+def headline(scores: pd.DataFrame) -> str:
+    """One sentence per fine-tune: its average against the base model's, as measured."""
+    average = with_average(scores)
+    average = average[average["level"] == "average"].set_index("model")
+    if "base" not in average.index:
+        return ""
+    base = average.loc["base"]
+    lines = [f"Average over all benchmarks: base {100 * base['acc']:.1f}%"]
+    for model in order_models(list(average.index)):
+        if model == "base":
+            continue
+        hit = average.loc[model]
+        delta = 100 * (hit["acc"] - base["acc"])
+        lines.append(f"{model} {100 * hit['acc']:.1f}% ({delta:+.1f} points)")
+    return "; ".join(lines) + "."
+
+
+def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
+    """Write `report.md`, its figures (PNG) and tables (CSV) into `out`; return `out`."""
+    runs = load_runs([Path(d) for d in run_dirs])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    scores = read_scores(runs)
+    costs, history = read_training(runs)
+    counts, removed, decon = read_data(runs)
+
+    scores.to_csv(out / "accuracy.csv", index=False)
+    costs.to_csv(out / "training.csv", index=False)
+    history.to_csv(out / "loss_history.csv", index=False)
+    counts.to_csv(out / "data.csv", index=False)
+    removed.to_csv(out / "decontamination.csv", index=False)
+    all_numbers(with_average(scores), costs, counts, removed).to_csv(
+        out / "numbers.csv", index=False
+    )
+
+    first = yaml.safe_load((runs[0].folder / "config.yaml").read_text())
+    parts = [f"# {title or first.get('report', {}).get('title', 'Med42 report')}\n"]
+    parts.append(
+        "Runs: "
+        + ", ".join(f"`{r.folder.resolve()}` ({r.index.get('name')})" for r in runs)
+        + ". Every number below comes from the stage outputs of these runs; all of them are "
+        "in `numbers.csv`.\n"
+    )
+    if len(scores):
+        models = order_models(list(dict.fromkeys(scores["model"])))
+        parts.append(
+            _section(
+                "Accuracy (%, ± standard error)",
+                "Zero-shot, log-likelihood multiple choice, lm-evaluation-harness prompts. "
+                "Group rows are unweighted means of their members.\n\n"
+                + to_markdown(accuracy_table(scores))
+                + "\n\n"
+                + headline(scores)
+                + "\n\n![accuracy](accuracy.png)",
+            )
+        )
+        order = {b: i for i, (b, _) in enumerate(PAPER_ROWS)}
+        plot_scores = with_average(scores)
+        plot_scores = plot_scores[plot_scores["benchmark"].isin(order)]
+        plot_scores = plot_scores.sort_values("benchmark", key=lambda b: b.map(order))
+        accuracy_bars(plot_scores, out / "accuracy.png", models, dict(PAPER_ROWS))
+        steps = read_usmle_steps(runs)
+        if len(steps):
+            wide = steps.assign(cell=steps.apply(_cell, axis=1)).pivot_table(
+                index=["benchmark", "step"], columns="model", values="cell", aggfunc="first"
+            )
+            wide = wide[[m for m in models if m in wide.columns]].reset_index()
+            parts.append(_section("USMLE by step", to_markdown(wide)))
+    if len(costs):
+        parts.append(
+            _section(
+                "Training cost per strategy",
+                "Throughput counts non-padding tokens over all workers; device-hours are wall "
+                "time x workers.\n\n"
+                + to_markdown(cost_table(costs))
+                + "\n\n![loss curves](loss_curves.png)",
+            )
+        )
+        loss_curves(history, out / "loss_curves.png")
+    if len(counts):
+        settings = "; ".join(
+            f"{k}: {', '.join(f'{key}={v}' for key, v in s.items())}" for k, s in decon.items()
+        )
+        body = "Records per source (read = kept + every removed category).\n\n" + to_markdown(
+            counts
+        )
+        if len(removed):
+            body += "\n\nDecontamination removals per benchmark:\n\n" + to_markdown(removed)
+        body += f"\n\nDecontamination settings: {settings}."
+        parts.append(_section("Data", body))
+    parts.append(_section("Package versions", _versions_table(runs)))
+    parts.append(
+        _section(
+            "Configs",
+            "\n\n".join(
+                f"`{r.label}`:\n\n```yaml\n{(r.folder / 'config.yaml').read_text()}```"
+                for r in runs
+            ),
+        )
+    )
+    (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
+    log.info("report written to %s", out / "report.md")
+    return out
+
+
+def _cell(row: pd.Series) -> str:
+    return f"{100 * row['acc']:.1f} ± {100 * row['stderr']:.1f} (n={row['n']})"
+
+
+def _versions_table(runs: list[Run]) -> str:
+    """The versions each run recorded when it started."""
+    table = pd.DataFrame({r.label: r.index.get("versions", {}) for r in runs}).rename_axis(
+        "package"
+    )
+    return to_markdown(table.reset_index().fillna("–"))
