@@ -280,6 +280,11 @@ class TuneConfig(Section):
     search_alg: Literal["random", "grid", "optuna"] = "random"
     max_concurrent_trials: int | None = Field(default=None, gt=0)
     evaluate: bool = Field(default=False, description="Score each trial's model after training.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="Where trials are logged when mlflow is installed (`http://...`, "
+        "`databricks`, ...); default `MLFLOW_TRACKING_URI`, else a file store in OUT/mlruns.",
+    )
     search_space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

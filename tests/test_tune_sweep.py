@@ -168,3 +168,16 @@ def test_optuna_missing_is_a_clear_error(ray_session, tmp_path):
     cfg = apply_trial(sweep_config(), {"tune.search_alg": "optuna"})
     with pytest.raises(ConfigError, match="optuna"):
         run_sweep(cfg, tmp_path, str(FIXTURE))
+
+
+def test_trials_are_logged_to_mlflow(sweep):
+    from mlflow.tracking import MlflowClient
+
+    _, out, _, _, final, _, _ = sweep
+    client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    experiments = [e for e in client.search_experiments() if e.name != "Default"]
+    assert len(experiments) == 1
+    runs = client.search_runs([experiments[0].experiment_id])
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) >= (final["status"] == "TERMINATED").sum()
+    assert all("loss" in r.data.metrics for r in finished)

@@ -17,7 +17,7 @@ and under `out`:
                              last step, checkpoint
     best/                    the best finished trial's exported model (`model/` and/or
                              `adapter/`, `metrics.jsonl`) and `best.json`
-    mlruns/                  MLflow runs, when `mlflow` is installed (MLFLOW_TRACKING_URI wins)
+    mlflow.db                MLflow runs (SQLite) unless a tracking URI is configured
 """
 
 from __future__ import annotations
@@ -295,7 +295,11 @@ def _scheduler(cfg: ExperimentConfig):
 
 
 def _mlflow_callbacks(cfg: ExperimentConfig, out: Path, name: str) -> list[Any]:
-    """Ray's MLflow logger, when `mlflow` is installed (`MLFLOW_TRACKING_URI` or out/mlruns)."""
+    """Ray's MLflow logger, when `mlflow` is installed.
+
+    Tracking URI: `tune.mlflow_tracking_uri`, else `MLFLOW_TRACKING_URI`, else a local SQLite
+    store `out/mlflow.db` (MLflow 3 refuses new file stores by default).
+    """
     try:
         import mlflow  # noqa: F401
     except ImportError:
@@ -303,7 +307,11 @@ def _mlflow_callbacks(cfg: ExperimentConfig, out: Path, name: str) -> list[Any]:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").as_uri()
+    uri = (
+        cfg.tune.mlflow_tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    )
     return [
         MLflowLoggerCallback(
             tracking_uri=uri,
