@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from med42ray.data.pipeline import CATEGORIES
 from med42ray.eval.benchmarks import task_groups
 from med42ray.experiment import read_index
 from med42ray.report.plots import accuracy_bars, loss_curves
@@ -32,16 +33,7 @@ from med42ray.report.tables import (
 )
 
 log = logging.getLogger(__name__)
-DATA_COLUMNS = [
-    "read",
-    "kept",
-    "quarantined",
-    "sampled_out",
-    "filtered",
-    "deduplicated",
-    "near_deduplicated",
-    "decontaminated",
-]
+DATA_COLUMNS = ["read", "kept", *CATEGORIES]  # read = kept + every removed category
 
 
 @dataclass(frozen=True)
