@@ -17,6 +17,17 @@ log = logging.getLogger(__name__)
 # Collected once, so the children of every process that imports us see them.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+#: Ray Train settings for a Ray this process starts on its own machine (set unless already
+#: set): no node of a one-machine Ray is ever drained, so no preemption watcher actor; no
+#: dashboard, so no metrics callbacks; and the controller polls its workers every 0.5 s
+#: instead of 2 s, which each start, restart and end of a run waits on. Each fit then starts
+#: one process fewer and ends sooner (about 8 s less per fit on 2 CPUs).
+LOCAL_TRAIN_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
 
 def ray_address(configured: str | None = None) -> str | None:
     """The cluster to join: the config's address, else `RAY_ADDRESS`, else None (local)."""
@@ -41,6 +52,8 @@ def init_ray(
     options: dict[str, Any] = {"log_to_driver": True, "runtime_env": runtime_env, **kwargs}
     if target is None:
         options.update(include_dashboard=False, num_cpus=num_cpus)
+        for key, value in LOCAL_TRAIN_ENV.items():
+            os.environ.setdefault(key, value)
         log.info("starting a local Ray (num_cpus=%s)", num_cpus or "all")
     else:
         log.info("joining Ray at %s", target)

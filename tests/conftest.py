@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from med42ray.cluster import LOCAL_TRAIN_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 
@@ -22,9 +24,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-# Ray Train's controller polls its workers every 2 s by default: the start, end and restart
-# of each tiny fit wait on that poll. Set before the shared Ray starts, so its actors see it.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# What `init_ray` sets for a local Ray (fewer actors per fit, faster polls), set here too so
+# that every process the tests start (job drivers, sweep trials) inherits it.
+for _key, _value in LOCAL_TRAIN_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 def _small() -> dict[str, Any]:

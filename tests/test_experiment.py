@@ -26,6 +26,7 @@ RUN_SETTINGS = [  # on top of the tests' pinned small model: a few steps per str
     "train.max_seq_len=128",
     "train.checkpoint_every=2",
     "eval.batch_size=8",
+    "data.near_dedup.enabled=false",  # tests/test_data_pipeline.py covers it; 14 s less here
 ]
 PLANTED_CONTAMINATIONS = 6  # scripts/make_tiny_data.py plants this many benchmark copies
 

@@ -40,18 +40,43 @@ def chat_files(path: str | Path) -> tuple[list[str], str]:
     return [str(p.resolve()) for p in files], formats.pop()
 
 
-def read_chat_dataset(path: str | Path):
-    """A Ray Data dataset of the `messages` column of the chat files at `path`."""
+def read_chat_dataset(path: str | Path, in_driver: bool = False):
+    """A Ray Data dataset of the `messages` column of the chat files at `path`.
+
+    By default the files are read lazily by Ray Data tasks, streamed to the workers. With
+    `in_driver`, local files are read here with pyarrow and handed over as one in-memory
+    block (`ray.data.from_arrow`): for a cluster with no CPU left beside the training workers,
+    where read tasks could not run, and small enough data to hold.
+    """
     import ray.data
 
     files, fmt = chat_files(path)
-    if fmt == "parquet":
+    if in_driver and not any("://" in f for f in files):
+        ds = ray.data.from_arrow(_read_messages(files, fmt))
+    elif fmt == "parquet":
         ds = ray.data.read_parquet(files, columns=["messages"])
     else:
         ds = ray.data.read_json(files, lines=True).select_columns(["messages"])
     ds.context.enable_progress_bars = False
     ds.context.execution_options.preserve_order = True  # the worker split relies on file order
     return ds
+
+
+def _read_messages(files: list[str], fmt: str):
+    """The `messages` column of local chat files, in file order, as one pyarrow table."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    def one(file: str) -> pa.Table:
+        if fmt == "parquet":
+            return pq.read_table(file, columns=["messages"])
+        table = pj.read_json(file)
+        if "messages" not in table.column_names:
+            raise ValueError(f"{file}: no `messages` field: expected chat-schema records")
+        return table.select(["messages"])
+
+    return pa.concat_tables([one(f) for f in files], promote_options="permissive")
 
 
 def shard_samples(name: str, tokenizer, max_seq_len: int, rank: int, world: int) -> list[Sample]:

@@ -83,6 +83,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Laps:
+    """Named wall-clock laps, for a one-line account of where set-up time went."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.laps: list[tuple[str, float]] = []
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append((name, now - self.last))
+        self.last = now
+
+    def __str__(self) -> str:
+        total = sum(s for _, s in self.laps)
+        return f"{total:.1f}s (" + ", ".join(f"{n} {s:.1f}s" for n, s in self.laps) + ")"
+
+
 class FinetuneRecipe:
     """One worker's view of a fine-tuning run; see the module docstring for the features."""
 
@@ -106,6 +123,7 @@ class FinetuneRecipe:
         from transformers import set_seed
 
         t = self.cfg.train
+        laps = Laps()
         set_seed(t.seed)
         self.device = ray.train.torch.get_device()
         self.tokenizer = load_tokenizer(self.cfg.model, self.model_path)
@@ -113,14 +131,21 @@ class FinetuneRecipe:
         self.precision = resolve_precision(t.precision, self.use_gpu)
         self.strategy = build_strategy(self.cfg, self.model_path)
         self.engine = build_engine(self.cfg, self.strategy, self.precision, self.world)
+        laps("tokenizer+engine")
         self._setup_data()
+        laps("data")
         with self.engine.model_init_context():
             torch.manual_seed(t.seed)  # LoRA's A matrices: the same on every worker
             model = self.strategy.build_model(self.engine.load_dtype, self.use_gpu)
         self.trainable_params, self.total_params = count_parameters(model)
+        laps("model")
         self.engine.wrap(model, self.total_steps)
+        laps("wrap")
         self.peak_flops = peak_flops(self.use_gpu)
         self._resume()
+        laps("resume")
+        if self.rank == 0:
+            log.info("setup took %s", laps)
 
     def _setup_data(self) -> None:
         t = self.cfg.train
@@ -257,8 +282,8 @@ class FinetuneRecipe:
     def _maybe_fail(self) -> None:
         """Test hook: the named rank dies once at the named step (a marker file says so).
 
-        It waits a few Ray Train health-check intervals (2 s) first, so the controller has
-        registered the checkpoint reported just before, as it would have in a real run.
+        It waits a few Ray Train health-check intervals first (`delay_s`), so the controller
+        has registered the checkpoint reported just before, as it would have in a real run.
         """
         fail = self.fail_once
         if not fail or self.step != fail["step"] or self.rank != fail["rank"]:

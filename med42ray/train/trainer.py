@@ -60,7 +60,9 @@ def _fail_once_hook() -> dict[str, Any] | None:
     if not spec:
         return None
     step, rank, marker = spec.split(":", 2)
-    return {"step": int(step), "rank": int(rank), "marker": marker}
+    # wait three of Ray Train's health-check intervals (2 s unless set) before dying
+    poll = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
+    return {"step": int(step), "rank": int(rank), "marker": marker, "delay_s": 3 * poll}
 
 
 def _cpus_left_for_data(train_cpus: float) -> bool:
@@ -102,13 +104,17 @@ def build_trainer(
     worker = {"CPU": res.cpus_per_worker}
     if res.use_gpu:
         worker["GPU"] = res.gpus_per_worker
-    datasets = {"train": read_chat_dataset(train_data)}
-    if eval_data is not None:
-        datasets["eval"] = read_chat_dataset(eval_data)
-    if not _cpus_left_for_data(res.num_workers * res.cpus_per_worker + reserved_cpus):
-        # Ray Data gets the CPUs the workers leave; with none left it would wait forever, so
-        # read the (then small) data up front instead of streaming it.
-        datasets = {name: ds.materialize() for name, ds in datasets.items()}
+    # Ray Data gets the CPUs the workers leave; with none left its read tasks would wait
+    # forever, so the (then small) data is read here, up front, instead of streamed.
+    in_driver = not _cpus_left_for_data(res.num_workers * res.cpus_per_worker + reserved_cpus)
+    paths = {"train": train_data, "eval": eval_data}
+    datasets = {
+        name: read_chat_dataset(path, in_driver=in_driver).materialize()
+        if in_driver
+        else read_chat_dataset(path)
+        for name, path in paths.items()
+        if path is not None
+    }
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the deterministic split needs the file order
     return TorchTrainer(
