@@ -296,9 +296,7 @@ def test_exact_groups_without_any_duplicate_is_empty(ray_session) -> None:
 
     from med42ray.data.dedup import exact_groups
 
-    rows = pa.table(
-        {"dkey": ["a", "b", "c"], "order": [0, 1, 2], "drop": ["", "", ""]}
-    )
+    rows = pa.table({"dkey": ["a", "b", "c"], "order": [0, 1, 2], "drop": ["", "", ""]})
     assert exact_groups(ray.data.from_arrow(rows)) == {}
     rows = rows.set_column(0, "dkey", pa.array(["a", "b", "a"]))
     assert exact_groups(ray.data.from_arrow(rows)) == {"a": 0}

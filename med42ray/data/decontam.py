@@ -82,8 +82,9 @@ def item_sequences(question: str, choices: Sequence[str], gold: str, n: int) -> 
     return seqs
 
 
-def build_index_from_items(items: Iterable, dc: DecontamConfig,
-                           fuzzy_cfg: NearDedupConfig | None = None) -> DecontamIndex:
+def build_index_from_items(
+    items: Iterable, dc: DecontamConfig, fuzzy_cfg: NearDedupConfig | None = None
+) -> DecontamIndex:
     """Index `BenchmarkItem`s (anything with task, id, question, choices, gold_text)."""
     n = dc.ngram
     index = DecontamIndex(n=n, threshold=dc.threshold)
@@ -156,17 +157,24 @@ class Match:
     share: float = 1.0
 
     def to_json(self) -> str:
-        return json.dumps({"benchmark": self.benchmark, "item_id": self.item_id,
-                           "method": self.method, "match": self.span,
-                           "share": round(self.share, 4)})
+        return json.dumps(
+            {
+                "benchmark": self.benchmark,
+                "item_id": self.item_id,
+                "method": self.method,
+                "match": self.span,
+                "share": round(self.share, 4),
+            }
+        )
 
 
 def record_text(messages: Sequence[dict]) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
-def match_batch(index: DecontamIndex, texts: Sequence[str],
-                user_texts: Sequence[str] | None = None) -> list[Match | None]:
+def match_batch(
+    index: DecontamIndex, texts: Sequence[str], user_texts: Sequence[str] | None = None
+) -> list[Match | None]:
     """The first contamination found in each text (None when clean), vectorised per batch."""
     hashes, lengths, words = batch_words(texts)
     owner = np.repeat(np.arange(len(texts)), lengths)
@@ -180,7 +188,8 @@ def match_batch(index: DecontamIndex, texts: Sequence[str],
         if not len(grams) or not len(table):
             continue
         maybe = np.flatnonzero(
-            index.bitmaps[length][(grams & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)])
+            index.bitmaps[length][(grams & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)]
+        )
         maybe = maybe[owner[maybe] == owner[maybe + length - 1]]  # windows within one record
         left = np.searchsorted(table, grams[maybe])
         ok = left < len(table)
@@ -201,15 +210,21 @@ def match_batch(index: DecontamIndex, texts: Sequence[str],
         for item, count in sorted(per_item.items()):
             share = count / max(int(index.totals[item]), 1)
             if (index.threshold == 0 or share > index.threshold) and (
-                    best is None or share > best[0]):
+                best is None or share > best[0]
+            ):
                 best = (share, item)
         if best:
             share, item = best
             off, length = spans[rec][item]
             first = int(starts[rec]) + off
             span = " ".join(words.slice(first, length).to_pylist())
-            results[rec] = Match(index.tasks[item], index.item_ids[item],
-                                 "ngram" if length == index.n else "whole", span, share)
+            results[rec] = Match(
+                index.tasks[item],
+                index.item_ids[item],
+                "ngram" if length == index.n else "whole",
+                span,
+                share,
+            )
     if index.fuzzy_sigs is not None and user_texts is not None:
         cfg = index.fuzzy_cfg
         hasher = MinHasher(cfg.num_perm, cfg.shingle_size)
@@ -217,13 +232,19 @@ def match_batch(index: DecontamIndex, texts: Sequence[str],
             if results[rec] is not None or not text:
                 continue
             sig = hasher.signature(normalize(text).split())
-            cands = sorted({i for b, key in enumerate(hasher.bands(sig, cfg.bands))
-                            for i in index.fuzzy_lsh.get((b, key), ())})
+            cands = sorted(
+                {
+                    i
+                    for b, key in enumerate(hasher.bands(sig, cfg.bands))
+                    for i in index.fuzzy_lsh.get((b, key), ())
+                }
+            )
             for i in cands:
                 sim = jaccard(sig, index.fuzzy_sigs[i])
                 if sim >= index.fuzzy_threshold:
-                    results[rec] = Match(index.tasks[i], index.item_ids[i], "fuzzy",
-                                         text[:200], sim)
+                    results[rec] = Match(
+                        index.tasks[i], index.item_ids[i], "fuzzy", text[:200], sim
+                    )
                     break
     return results
 
@@ -253,26 +274,52 @@ class DecontamFilter:
             if m is not None:
                 drop[i], reason[i], detail[i] = "decontaminated", m.benchmark, m.to_json()
         for name, values in (("drop", drop), ("reason", reason), ("detail", detail)):
-            batch = batch.set_column(batch.schema.get_field_index(name), name,
-                                     pa.array(values, pa.string()))
+            batch = batch.set_column(
+                batch.schema.get_field_index(name), name, pa.array(values, pa.string())
+            )
         return batch
 
 
 # ---------------------------------------------------------------------------------- report
-REPORT_COLUMNS = ["record_id", "source", "source_file", "row", "benchmark", "item_id", "method",
-                  "match", "share"]
+REPORT_COLUMNS = [
+    "record_id",
+    "source",
+    "source_file",
+    "row",
+    "benchmark",
+    "item_id",
+    "method",
+    "match",
+    "share",
+]
 
 
-def write_report(removed, index: DecontamIndex | None, dc: DecontamConfig, out: Path,
-                 benchmarks: list[tuple[str, str | None]]) -> dict:
+def write_report(
+    removed,
+    index: DecontamIndex | None,
+    dc: DecontamConfig,
+    out: Path,
+    benchmarks: list[tuple[str, str | None]],
+) -> dict:
     """`decontamination.parquet` / `.csv` (one row per removed record) and `decontamination.md`."""
     import pandas as pd
 
     rows = []
     for rec in removed.itertuples(index=False):
         d = json.loads(rec.detail)
-        rows.append([rec.id, rec.source, rec.source_file, rec.row, d["benchmark"], d["item_id"],
-                     d["method"], d["match"], d["share"]])
+        rows.append(
+            [
+                rec.id,
+                rec.source,
+                rec.source_file,
+                rec.row,
+                d["benchmark"],
+                d["item_id"],
+                d["method"],
+                d["match"],
+                d["share"],
+            ]
+        )
     table = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("record_id", kind="stable")
     table.to_parquet(out / "decontamination.parquet", index=False)
     table.to_csv(out / "decontamination.csv", index=False)
@@ -284,8 +331,11 @@ def write_report(removed, index: DecontamIndex | None, dc: DecontamConfig, out: 
     else:
         lines += [
             f"- n-gram size n = **{dc.ngram}**; threshold = **{dc.threshold}** "
-            + ("(any shared n-gram removes a record)" if dc.threshold == 0 else
-               "(removed when the share of an item's n-grams found exceeds it)"),
+            + (
+                "(any shared n-gram removes a record)"
+                if dc.threshold == 0
+                else "(removed when the share of an item's n-grams found exceeds it)"
+            ),
             f"- stems shorter than n words matched whole (at least {MIN_WHOLE_WORDS} words)",
             "- fuzzy MinHash check: "
             + (f"on, Jaccard >= {dc.fuzzy_threshold}" if dc.fuzzy else "off"),
@@ -296,13 +346,23 @@ def write_report(removed, index: DecontamIndex | None, dc: DecontamConfig, out: 
             "|---|---|---:|---:|",
         ]
         for name, path in benchmarks:
-            lines.append(f"| {name} | {path or 'hub'} | {index.per_task.get(name, 0)} | "
-                         f"{per_bench.get(name, 0)} |")
+            lines.append(
+                f"| {name} | {path or 'hub'} | {index.per_task.get(name, 0)} | "
+                f"{per_bench.get(name, 0)} |"
+            )
         if per_method:
-            lines += ["", "By method: " + ", ".join(f"{k}: {v}" for k, v in
-                                                     sorted(per_method.items()))]
+            lines += [
+                "",
+                "By method: " + ", ".join(f"{k}: {v}" for k, v in sorted(per_method.items())),
+            ]
     (out / "decontamination.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return {"removed": len(table), "per_benchmark": per_bench, "per_method": per_method,
-            "ngram": dc.ngram, "threshold": dc.threshold, "fuzzy": dc.fuzzy,
-            "items_indexed": len(index.item_ids) if index else 0,
-            "index_ngrams": index.size if index else 0}
+    return {
+        "removed": len(table),
+        "per_benchmark": per_bench,
+        "per_method": per_method,
+        "ngram": dc.ngram,
+        "threshold": dc.threshold,
+        "fuzzy": dc.fuzzy,
+        "items_indexed": len(index.item_ids) if index else 0,
+        "index_ngrams": index.size if index else 0,
+    }

@@ -55,8 +55,10 @@ class MinHasher:
         import xxhash
 
         rows = self.num_perm // bands
-        return [xxhash.xxh3_64_intdigest(sig[i * rows : (i + 1) * rows].tobytes()) >> 1
-                for i in range(bands)]  # 63 bits: fits int64 columns
+        return [
+            xxhash.xxh3_64_intdigest(sig[i * rows : (i + 1) * rows].tobytes()) >> 1
+            for i in range(bands)
+        ]  # 63 bits: fits int64 columns
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -111,8 +113,9 @@ def mark(batch: pa.Table, orders: dict[int, str], category: str, reason: str) ->
         if not drop[i] and o in orders:
             drop[i], reasons[i], detail[i] = category, reason, orders[o]
     for name, values in (("drop", drop), ("reason", reasons), ("detail", detail)):
-        batch = batch.set_column(batch.schema.get_field_index(name), name,
-                                 pa.array(values, pa.string()))
+        batch = batch.set_column(
+            batch.schema.get_field_index(name), name, pa.array(values, pa.string())
+        )
     return batch
 
 
@@ -141,10 +144,13 @@ def _collisions(batch: pa.Table) -> pa.Table:
 def mark_exact(batch: pa.Table, keep: dict[str, int], ids: dict[int, str]) -> pa.Table:
     """Mark live rows that share a key with an earlier (smaller `order`) row."""
     orders = batch.column("order").to_pylist()
-    found = {o: f"duplicate of {ids[keep[k]]}"
-             for k, o, d in zip(batch.column("dkey").to_pylist(), orders,
-                                batch.column("drop").to_pylist(), strict=True)
-             if not d and k in keep and keep[k] != o}
+    found = {
+        o: f"duplicate of {ids[keep[k]]}"
+        for k, o, d in zip(
+            batch.column("dkey").to_pylist(), orders, batch.column("drop").to_pylist(), strict=True
+        )
+        if not d and k in keep and keep[k] != o
+    }
     return mark(batch, found, "deduplicated", "exact") if found else batch
 
 
@@ -156,34 +162,46 @@ def _signatures(batch: pa.Table, cfg: NearDedupConfig, seed: int) -> pa.Table:
         sig = hasher.signature(normalize(record_text(msgs)).split())
         sigs.append(sig.tolist())
         bands.append(hasher.bands(sig, cfg.bands))
-    return pa.table({"order": batch.column("order"),
-                     "sig": pa.array(sigs, pa.list_(pa.uint32())),
-                     "bands": pa.array(bands, pa.list_(pa.int64()))})
+    return pa.table(
+        {
+            "order": batch.column("order"),
+            "sig": pa.array(sigs, pa.list_(pa.uint32())),
+            "bands": pa.array(bands, pa.list_(pa.int64())),
+        }
+    )
 
 
 def _explode(batch: pa.Table) -> pa.Table:
     bands = batch.column("bands").combine_chunks()
     width = len(bands[0]) if len(bands) else 0
     keys = pc.list_flatten(bands)
-    return pa.table({
-        "band": pa.array([i % width for i in range(len(keys))] if width else [], pa.int32()),
-        "bkey": keys,
-        "order": pa.array([o for o in batch.column("order").to_pylist() for _ in range(width)],
-                          pa.int64()),
-    })
+    return pa.table(
+        {
+            "band": pa.array([i % width for i in range(len(keys))] if width else [], pa.int32()),
+            "bkey": keys,
+            "order": pa.array(
+                [o for o in batch.column("order").to_pylist() for _ in range(width)], pa.int64()
+            ),
+        }
+    )
 
 
-def find_near_duplicates(ds, cfg: NearDedupConfig, ids: Callable[[int], str] | None = None,
-                         seed: int = 1) -> tuple[dict[int, str], dict]:
+def find_near_duplicates(
+    ds, cfg: NearDedupConfig, ids: Callable[[int], str] | None = None, seed: int = 1
+) -> tuple[dict[int, str], dict]:
     """order -> detail for live records in a MinHash-LSH cluster with a smaller `order`.
 
     Signatures and band keys: `map_batches`; colliding buckets: `groupby([band, bkey])`; the
     candidates (only rows with a colliding band) go to the driver for the pairwise check."""
     with shuffle_context() as parts:
-        sigs = ds.map_batches(_signatures, batch_format="pyarrow",
-                              fn_kwargs={"cfg": cfg, "seed": seed}).materialize()
-        hits = sigs.map_batches(_explode, batch_format="pyarrow").groupby(
-            ["band", "bkey"], num_partitions=parts).count()
+        sigs = ds.map_batches(
+            _signatures, batch_format="pyarrow", fn_kwargs={"cfg": cfg, "seed": seed}
+        ).materialize()
+        hits = (
+            sigs.map_batches(_explode, batch_format="pyarrow")
+            .groupby(["band", "bkey"], num_partitions=parts)
+            .count()
+        )
         hits = hits.map_batches(_collisions, batch_format="pyarrow").to_pandas()
     stats = {"buckets_with_collisions": len(hits), "candidate_pairs": 0, "verified_pairs": 0}
     if hits.empty:
@@ -191,8 +209,10 @@ def find_near_duplicates(ds, cfg: NearDedupConfig, ids: Callable[[int], str] | N
     colliding = set(zip(hits["band"].tolist(), hits["bkey"].tolist(), strict=True))
 
     def candidates(batch: pa.Table) -> pa.Table:
-        keep = [any((b, k) in colliding for b, k in enumerate(bands))
-                for bands in batch.column("bands").to_pylist()]
+        keep = [
+            any((b, k) in colliding for b, k in enumerate(bands))
+            for bands in batch.column("bands").to_pylist()
+        ]
         return batch.filter(pa.array(keep, pa.bool_()))
 
     rows = sigs.map_batches(candidates, batch_format="pyarrow").to_pandas()

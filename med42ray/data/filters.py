@@ -43,8 +43,10 @@ def check_text(messages: list[dict[str, str]], cfg: FilterConfig) -> str | None:
         return "non_text"
     if cfg.languages:
         words = normalize(body).split()
-        if (len(words) >= MIN_WORDS_FOR_LANGUAGE
-                and english_stopword_ratio(words) < MIN_EN_STOPWORD_RATIO):
+        if (
+            len(words) >= MIN_WORDS_FOR_LANGUAGE
+            and english_stopword_ratio(words) < MIN_EN_STOPWORD_RATIO
+        ):
             return "language"
     return None
 
@@ -96,6 +98,7 @@ class RecordFilter:
             else:
                 dkey[i] = exact_key(msgs[i])
         for name, values in (("drop", drop), ("reason", reason), ("dkey", dkey)):
-            batch = batch.set_column(batch.schema.get_field_index(name), name,
-                                     pa.array(values, pa.string()))
+            batch = batch.set_column(
+                batch.schema.get_field_index(name), name, pa.array(values, pa.string())
+            )
         return batch

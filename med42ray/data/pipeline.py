@@ -53,16 +53,24 @@ from med42ray.data.sources import (
     resolve_source,
 )
 
-CATEGORIES = ("quarantined", "sampled_out", "filtered", "deduplicated", "near_deduplicated",
-              "decontaminated")
-OUTPUT_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("source", pa.string()),
-    ("messages", MESSAGE_TYPE),
-    ("source_file", pa.string()),
-    ("row", pa.int64()),
-    ("epoch", pa.int32()),
-])
+CATEGORIES = (
+    "quarantined",
+    "sampled_out",
+    "filtered",
+    "deduplicated",
+    "near_deduplicated",
+    "decontaminated",
+)
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("messages", MESSAGE_TYPE),
+        ("source_file", pa.string()),
+        ("row", pa.int64()),
+        ("epoch", pa.int32()),
+    ]
+)
 
 
 def _unit_hash(key: str) -> float:
@@ -80,8 +88,9 @@ def _say(verbose: bool, msg: str) -> None:
 def _sample(batch: pa.Table, weights: dict[str, float], seed: int) -> pa.Table:
     drop = batch.column("drop").to_pylist()
     reason = batch.column("reason").to_pylist()
-    for i, (src, rid) in enumerate(zip(batch.column("source").to_pylist(),
-                                       batch.column("id").to_pylist(), strict=True)):
+    for i, (src, rid) in enumerate(
+        zip(batch.column("source").to_pylist(), batch.column("id").to_pylist(), strict=True)
+    ):
         w = weights.get(src, 1.0)
         if not drop[i] and w < 1.0 and _unit_hash(f"weight:{seed}:{rid}") >= w:
             drop[i], reason[i] = "sampled_out", "weight"
@@ -93,8 +102,13 @@ def _cap_keys(batch: pa.Table, capped: set[str], seed: int) -> pa.Table:
     keep = [s in capped for s in batch.column("source").to_pylist()]
     batch = batch.filter(pa.array(keep, pa.bool_()))
     ids = batch.column("id").to_pylist()
-    return pa.table({"source": batch.column("source"), "order": batch.column("order"),
-                     "h": pa.array([_unit_hash(f"cap:{seed}:{i}") for i in ids], pa.float64())})
+    return pa.table(
+        {
+            "source": batch.column("source"),
+            "order": batch.column("order"),
+            "h": pa.array([_unit_hash(f"cap:{seed}:{i}") for i in ids], pa.float64()),
+        }
+    )
 
 
 def _mark_orders(batch: pa.Table, orders: dict[int, str], category: str, reason: str) -> pa.Table:
@@ -130,8 +144,9 @@ def _source_counts(raw: dict[tuple[str, str], int]) -> dict[str, Any]:
         c[cat] = sum(n for (d, _), n in raw.items() if d == cat)
     c["filtered_by_reason"] = {f"dropped_{r}": raw.get(("filtered", r), 0) for r in REASONS}
     c["quarantined_by_reason"] = {r: n for (d, r), n in sorted(raw.items()) if d == "quarantined"}
-    c["decontaminated_by_benchmark"] = {r: n for (d, r), n in sorted(raw.items())
-                                        if d == "decontaminated"}
+    c["decontaminated_by_benchmark"] = {
+        r: n for (d, r), n in sorted(raw.items()) if d == "decontaminated"
+    }
     return c
 
 
@@ -170,8 +185,9 @@ class ShardWriter:
         table = pa.concat_tables(self.pending).cast(OUTPUT_SCHEMA)
         pq.write_table(table, path, compression="zstd", write_statistics=False)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        self.shards.append({"path": f"{self.folder.name}/{path.name}", "rows": table.num_rows,
-                            "sha256": digest})
+        self.shards.append(
+            {"path": f"{self.folder.name}/{path.name}", "rows": table.num_rows, "sha256": digest}
+        )
         self.pending, self.n_pending = [], 0
 
     def close(self) -> list[dict[str, Any]]:
@@ -183,10 +199,16 @@ def _output_rows(batch: pa.Table, epoch: int) -> pa.Table:
     ids = batch.column("id")
     if epoch:
         ids = pc.binary_join_element_wise(ids, pa.scalar(f"@{epoch}"), "")
-    return pa.table({"id": ids, "source": batch.column("source"),
-                     "messages": batch.column("messages"),
-                     "source_file": batch.column("source_file"), "row": batch.column("row"),
-                     "epoch": pa.array([epoch] * batch.num_rows, pa.int32())})
+    return pa.table(
+        {
+            "id": ids,
+            "source": batch.column("source"),
+            "messages": batch.column("messages"),
+            "source_file": batch.column("source_file"),
+            "row": batch.column("row"),
+            "epoch": pa.array([epoch] * batch.num_rows, pa.int32()),
+        }
+    )
 
 
 def _split(batch: pa.Table, fraction: float, seed: int) -> pa.Table:
@@ -201,8 +223,13 @@ def _write_quarantine(rows, path: Path) -> int:
         if rows.empty:  # no bad input: an empty quarantine file, and no columns to sort by
             return 0
         for r in rows.sort_values("order", kind="stable").itertuples(index=False):
-            entry = {"source": r.source, "file": r.source_file, "row": int(r.row),
-                     "reason": r.reason, "detail": r.detail}
+            entry = {
+                "source": r.source,
+                "file": r.source_file,
+                "row": int(r.row),
+                "reason": r.reason,
+                "detail": r.detail,
+            }
             if r.row >= 0 and r.source_file.endswith((".jsonl", ".ndjson")):
                 entry["line"] = int(r.row) + 1
             fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -221,16 +248,23 @@ def _check_quarantine(cfg: ExperimentConfig, srcs: list[SourceFiles], ds, out: P
         if not total:
             problems.append(f"source {src.name!r}: no records in {', '.join(src.labels)}")
         elif bad == total or bad / total > cfg.data.max_quarantine_rate:
-            reasons = ", ".join(f"{r}: {n}" for (d, r), n in sorted(raw.items())
-                                if d == "quarantined")
-            what = "unreadable" if bad == total else (
-                f"{bad / total:.1%} of {total} records quarantined "
-                f"(> max_quarantine_rate {cfg.data.max_quarantine_rate})")
+            reasons = ", ".join(
+                f"{r}: {n}" for (d, r), n in sorted(raw.items()) if d == "quarantined"
+            )
+            what = (
+                "unreadable"
+                if bad == total
+                else (
+                    f"{bad / total:.1%} of {total} records quarantined "
+                    f"(> max_quarantine_rate {cfg.data.max_quarantine_rate})"
+                )
+            )
             where = src.paths[0] if len(src.paths) == 1 else f"{len(src.paths)} files"
             problems.append(f"source {src.name!r} ({where}): {what} [{reasons}]")
     if problems:
-        rows = _category(ds, "quarantined", ["source", "source_file", "row", "order", "reason",
-                                             "detail"]).to_pandas()
+        rows = _category(
+            ds, "quarantined", ["source", "source_file", "row", "order", "reason", "detail"]
+        ).to_pandas()
         qpath = out.parent / f"{out.name}.failed-quarantine.jsonl"
         _write_quarantine(rows, qpath)
         files = rows.groupby(["source", "source_file"]).size().sort_values(ascending=False)
@@ -238,8 +272,14 @@ def _check_quarantine(cfg: ExperimentConfig, srcs: list[SourceFiles], ds, out: P
         raise DataError("; ".join(problems) + f". Worst files: {worst}. Details: {qpath}")
 
 
-def prepare_data(cfg: ExperimentConfig, out: Path, *, num_blocks: int | None = None,
-                 concurrency: int | None = None, verbose: bool = True) -> dict[str, Any]:
+def prepare_data(
+    cfg: ExperimentConfig,
+    out: Path,
+    *,
+    num_blocks: int | None = None,
+    concurrency: int | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
     """Run the data stage into `out`; return the manifest. `num_blocks` / `concurrency` tune
     the parallelism only: the outputs are byte-identical whatever they are."""
     import ray
@@ -265,34 +305,44 @@ def prepare_data(cfg: ExperimentConfig, out: Path, *, num_blocks: int | None = N
         return time.perf_counter()
 
     t = time.perf_counter()
-    parts = [read_source(src, s.split, s.subset, dcfg.system_prompt, num_blocks)
-             for src, s in zip(srcs, dcfg.sources, strict=True)]
+    parts = [
+        read_source(src, s.split, s.subset, dcfg.system_prompt, num_blocks)
+        for src, s in zip(srcs, dcfg.sources, strict=True)
+    ]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     ds = ds.materialize()
     t = lap("read", t)
     _check_quarantine(cfg, srcs, ds, out)
 
     weights = {s.name: s.weight for s in dcfg.sources}
-    ds = ds.map_batches(_sample, batch_format="pyarrow",
-                        fn_kwargs={"weights": weights, "seed": cfg.seed})
+    ds = ds.map_batches(
+        _sample, batch_format="pyarrow", fn_kwargs={"weights": weights, "seed": cfg.seed}
+    )
     capped = {s.name: s.max_records for s in dcfg.sources if s.max_records}
     if capped:
-        keys = live(ds).map_batches(_cap_keys, batch_format="pyarrow",
-                                    fn_kwargs={"capped": set(capped), "seed": cfg.seed})
+        keys = live(ds).map_batches(
+            _cap_keys, batch_format="pyarrow", fn_kwargs={"capped": set(capped), "seed": cfg.seed}
+        )
         keys = keys.to_pandas().sort_values(["source", "h", "order"], kind="stable")
         over = keys.groupby("source", sort=False).cumcount() >= keys["source"].map(capped)
         cut = {int(o): "" for o in keys.loc[over, "order"]}
-        ds = ds.map_batches(_mark_orders, batch_format="pyarrow",
-                            fn_kwargs={"orders": cut, "category": "sampled_out",
-                                       "reason": "max_records"})
+        ds = ds.map_batches(
+            _mark_orders,
+            batch_format="pyarrow",
+            fn_kwargs={"orders": cut, "category": "sampled_out", "reason": "max_records"},
+        )
     t = lap("sample", t)
 
     tok_path = resolve_model_path(cfg.model)
     # Actor stages read materialised input, so the pool never starves upstream tasks of CPUs.
     ds = ds.materialize()
-    ds = ds.map_batches(RecordFilter, batch_format="pyarrow", batch_size=256,
-                        fn_constructor_args=(cfg.model, tok_path, dcfg.filters),
-                        concurrency=pool).materialize()
+    ds = ds.map_batches(
+        RecordFilter,
+        batch_format="pyarrow",
+        batch_size=256,
+        fn_constructor_args=(cfg.model, tok_path, dcfg.filters),
+        concurrency=pool,
+    ).materialize()
     t = lap("filter", t)
 
     dedup_stats: dict[str, Any] = {"exact_groups": 0}
@@ -301,32 +351,44 @@ def prepare_data(cfg: ExperimentConfig, out: Path, *, num_blocks: int | None = N
         dedup_stats["exact_groups"] = len(keep)
         if keep:
             kept_ids = {o: record_id(srcs, o) for o in keep.values()}
-            ds = ds.map_batches(mark_exact, batch_format="pyarrow",
-                                fn_kwargs={"keep": keep, "ids": kept_ids})
+            ds = ds.map_batches(
+                mark_exact, batch_format="pyarrow", fn_kwargs={"keep": keep, "ids": kept_ids}
+            )
         t = lap("exact_dedup", t)
     near_stats: dict[str, Any] = {"enabled": dcfg.near_dedup.enabled}
     if dcfg.near_dedup.enabled:
-        near, stats = find_near_duplicates(ds, dcfg.near_dedup, seed=cfg.seed + 1,
-                                           ids=lambda o: record_id(srcs, o))
+        near, stats = find_near_duplicates(
+            ds, dcfg.near_dedup, seed=cfg.seed + 1, ids=lambda o: record_id(srcs, o)
+        )
         near_stats.update(stats)
         if near:
-            ds = ds.map_batches(_mark_orders, batch_format="pyarrow",
-                                fn_kwargs={"orders": near, "category": "near_deduplicated",
-                                           "reason": "minhash"})
+            ds = ds.map_batches(
+                _mark_orders,
+                batch_format="pyarrow",
+                fn_kwargs={"orders": near, "category": "near_deduplicated", "reason": "minhash"},
+            )
         t = lap("near_dedup", t)
 
     dc = dcfg.decontamination
     index = None
     benches = benchmark_specs(cfg) if dc.enabled else []
     if dc.enabled and not benches:
-        _say(verbose, "decontamination: no benchmarks configured (data.decontamination."
-             "benchmarks / eval.benchmarks): skipped")
+        _say(
+            verbose,
+            "decontamination: no benchmarks configured (data.decontamination."
+            "benchmarks / eval.benchmarks): skipped",
+        )
     if benches:
         index = build_index(cfg)
         t = lap("decontam_index", t)
         index_ref = ray.put(index)
-        ds = ds.materialize().map_batches(DecontamFilter, batch_format="pyarrow", batch_size=512,
-                            fn_constructor_args=(index_ref,), concurrency=pool)
+        ds = ds.materialize().map_batches(
+            DecontamFilter,
+            batch_format="pyarrow",
+            batch_size=512,
+            fn_constructor_args=(index_ref,),
+            concurrency=pool,
+        )
     ds = ds.materialize()
     t = lap("decontaminate" if benches else "mark", t)
 
@@ -334,16 +396,21 @@ def prepare_data(cfg: ExperimentConfig, out: Path, *, num_blocks: int | None = N
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        quarantine = _category(ds, "quarantined", ["source", "source_file", "row", "order",
-                                                   "reason", "detail"]).to_pandas()
+        quarantine = _category(
+            ds, "quarantined", ["source", "source_file", "row", "order", "reason", "detail"]
+        ).to_pandas()
         _write_quarantine(quarantine, tmp / "quarantine.jsonl")
-        removed = _category(ds, "decontaminated",
-                            ["id", "source", "source_file", "row", "detail"]).to_pandas()
+        removed = _category(
+            ds, "decontaminated", ["id", "source", "source_file", "row", "detail"]
+        ).to_pandas()
         decon = write_report(removed, index, dc, tmp, benches)
         decon["enabled"] = bool(index)
 
-        kept = live(ds).map_batches(_split, batch_format="pyarrow",
-                                    fn_kwargs={"fraction": dcfg.eval_fraction, "seed": cfg.seed})
+        kept = live(ds).map_batches(
+            _split,
+            batch_format="pyarrow",
+            fn_kwargs={"fraction": dcfg.eval_fraction, "seed": cfg.seed},
+        )
         with shuffle_context():
             kept = kept.sort("order").materialize()
         epochs = {s.name: s.epochs for s in dcfg.sources}
@@ -375,19 +442,34 @@ def prepare_data(cfg: ExperimentConfig, out: Path, *, num_blocks: int | None = N
             reconcile(c)
             w = written[src.name]
             if w["train"] + w["eval"] != c["kept"]:
-                raise AssertionError(f"{src.name}: kept {c['kept']} but wrote "
-                                     f"{w['train']} train + {w['eval']} eval")
-            c.update(kept_train=w["train"], kept_eval=w["eval"], epochs=scfg.epochs,
-                     rows_written_train=w["train_rows"], files=list(src.labels),
-                     path=scfg.path, format=scfg.format, weight=scfg.weight,
-                     max_records=scfg.max_records)
+                raise AssertionError(
+                    f"{src.name}: kept {c['kept']} but wrote {w['train']} train + {w['eval']} eval"
+                )
+            c.update(
+                kept_train=w["train"],
+                kept_eval=w["eval"],
+                epochs=scfg.epochs,
+                rows_written_train=w["train_rows"],
+                files=list(src.labels),
+                path=scfg.path,
+                format=scfg.format,
+                weight=scfg.weight,
+                max_records=scfg.max_records,
+            )
             sources[src.name] = c
-        totals = {k: sum(s[k] for s in sources.values())
-                  for k in ("read", "kept", *CATEGORIES, "kept_train", "kept_eval",
-                            "rows_written_train")}
-        reconcile({**totals, "filtered_by_reason": {
-            r: sum(s["filtered_by_reason"][r] for s in sources.values())
-            for r in next(iter(sources.values()))["filtered_by_reason"]}})
+        totals = {
+            k: sum(s[k] for s in sources.values())
+            for k in ("read", "kept", *CATEGORIES, "kept_train", "kept_eval", "rows_written_train")
+        }
+        reconcile(
+            {
+                **totals,
+                "filtered_by_reason": {
+                    r: sum(s["filtered_by_reason"][r] for s in sources.values())
+                    for r in next(iter(sources.values()))["filtered_by_reason"]
+                },
+            }
+        )
         timings["total"] = round(time.perf_counter() - t0, 3)
         manifest = {
             "stage": "data",
@@ -399,13 +481,16 @@ def prepare_data(cfg: ExperimentConfig, out: Path, *, num_blocks: int | None = N
             "near_dedup": near_stats,
             "decontamination": decon,
             "quarantine": {"path": "quarantine.jsonl", "records": len(quarantine)},
-            "settings": {"seed": cfg.seed, "eval_fraction": dcfg.eval_fraction,
-                         "rows_per_shard": dcfg.rows_per_shard,
-                         "exact_dedup": dcfg.exact_dedup, "system_prompt": dcfg.system_prompt},
+            "settings": {
+                "seed": cfg.seed,
+                "eval_fraction": dcfg.eval_fraction,
+                "rows_per_shard": dcfg.rows_per_shard,
+                "exact_dedup": dcfg.exact_dedup,
+                "system_prompt": dcfg.system_prompt,
+            },
             "timings_s": timings,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n",
-                                           encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (tmp / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         _replace(tmp, out)
     except BaseException:
@@ -434,8 +519,12 @@ def format_summary(manifest: dict[str, Any]) -> str:
     for name, c in {**manifest["sources"], "TOTAL": manifest["totals"]}.items():
         lines.append(f"{name[:20]:<20}" + "".join(f"{c[k]:>13}" for k in cols))
     d = manifest["decontamination"]
-    lines.append(f"decontamination: {d['removed']} removed (n={d['ngram']}, "
-                 f"threshold={d['threshold']}) {d.get('per_benchmark', {})}")
-    lines.append(f"train shards: {len(manifest['outputs']['train'])}, "
-                 f"eval shards: {len(manifest['outputs']['eval'])}")
+    lines.append(
+        f"decontamination: {d['removed']} removed (n={d['ngram']}, "
+        f"threshold={d['threshold']}) {d.get('per_benchmark', {})}"
+    )
+    lines.append(
+        f"train shards: {len(manifest['outputs']['train'])}, "
+        f"eval shards: {len(manifest['outputs']['eval'])}"
+    )
     return "\n".join(lines)

@@ -88,8 +88,14 @@ def adapt_alpaca(rec: Mapping[str, Any]) -> list[dict[str, str]]:
     return [_turn("user", user), _turn("assistant", _field(rec, "output"))]
 
 
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "chatgpt": "assistant", "system": "system"}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "system": "system",
+}
 
 
 def adapt_sharegpt(rec: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -236,7 +242,7 @@ def resolve_source(index: int, name: str, path: str, fmt: str) -> SourceFiles:
             cut = min(path.index(c) for c in "*?[" if c in path)
             base_uri = path[:cut].rsplit("/", 1)[0]
             fs, base = pafs.FileSystem.from_uri(base_uri)
-            pattern = base + path[len(base_uri):]
+            pattern = base + path[len(base_uri) :]
             infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
             files = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, pattern)]
         else:
@@ -343,8 +349,9 @@ def _parse_jsonl(data: bytes, out: _Emitter) -> Iterator[pa.Table]:
 def _parse_json(data: bytes, out: _Emitter) -> Iterator[pa.Table]:
     doc = json.loads(data.decode("utf-8"))
     if isinstance(doc, Mapping):
-        doc = next((doc[k] for k in ("data", "rows", "records") if isinstance(doc.get(k), list)),
-                   doc)
+        doc = next(
+            (doc[k] for k in ("data", "rows", "records") if isinstance(doc.get(k), list)), doc
+        )
     if not isinstance(doc, list):
         raise BadRecord("unreadable_file", "a JSON file must hold a list of records")
     for row, rec in enumerate(doc):
@@ -367,14 +374,20 @@ def _parse_parquet(data: bytes, out: _Emitter) -> Iterator[pa.Table]:
 def parse_files(batch: pa.Table, src: SourceFiles, system_prompt: str | None) -> Iterator[pa.Table]:
     """Ray Data UDF: file bytes (`read_binary_files` rows) -> record rows, bad ones quarantined."""
     index = {p: i for i, p in enumerate(src.paths)}
-    for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist(),
-                          strict=True):
+    for data, path in zip(
+        batch.column("bytes").to_pylist(), batch.column("path").to_pylist(), strict=True
+    ):
         file_index = index.get(path)
         if file_index is None:  # readers may drop a scheme or a leading slash
             file_index = next(i for i, p in enumerate(src.paths) if p.endswith(path.lstrip("/")))
         out = _Emitter(src, file_index, system_prompt)
-        parser = (_parse_parquet if path.endswith(".parquet")
-                  else _parse_json if path.endswith(".json") else _parse_jsonl)
+        parser = (
+            _parse_parquet
+            if path.endswith(".parquet")
+            else _parse_json
+            if path.endswith(".json")
+            else _parse_jsonl
+        )
         try:
             yield from parser(data, out)
         except BadRecord as bad:
@@ -393,8 +406,13 @@ def parse_hub_rows(batch: pa.Table, src: SourceFiles, system_prompt: str | None)
     return out.flush()
 
 
-def read_source(src: SourceFiles, split: str, subset: str | None, system_prompt: str | None,
-                num_blocks: int | None = None):
+def read_source(
+    src: SourceFiles,
+    split: str,
+    subset: str | None,
+    system_prompt: str | None,
+    num_blocks: int | None = None,
+):
     """A Ray Dataset of `RECORD_SCHEMA` rows for one source (lazy)."""
     import ray
 
@@ -406,9 +424,20 @@ def read_source(src: SourceFiles, split: str, subset: str | None, system_prompt:
         hub = datasets.load_dataset(src.labels[0], subset, split=split, token=hub_token())
         hub = hub.add_column("__row__", list(range(len(hub))))
         ds = ray.data.from_huggingface(hub)
-        return ds.map_batches(parse_hub_rows, batch_format="pyarrow",
-                              fn_kwargs={"src": src, "system_prompt": system_prompt})
-    ds = ray.data.read_binary_files(list(src.paths), include_paths=True, filesystem=src.filesystem,
-                                    override_num_blocks=num_blocks or None)
-    return ds.map_batches(parse_files, batch_size=1, batch_format="pyarrow",
-                          fn_kwargs={"src": src, "system_prompt": system_prompt})
+        return ds.map_batches(
+            parse_hub_rows,
+            batch_format="pyarrow",
+            fn_kwargs={"src": src, "system_prompt": system_prompt},
+        )
+    ds = ray.data.read_binary_files(
+        list(src.paths),
+        include_paths=True,
+        filesystem=src.filesystem,
+        override_num_blocks=num_blocks or None,
+    )
+    return ds.map_batches(
+        parse_files,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"src": src, "system_prompt": system_prompt},
+    )
