@@ -1,12 +1,16 @@
 """Cleaning filters, written once in the datatrove shape: `check(record) -> reason | None`.
 
-:class:`RecordFilter` is a Ray Data actor (the tokenizer is loaded once per actor, never per
-row); each removed record is marked `drop="filtered"` with its reason, so the manifest counts
+:func:`filter_records` is a Ray Data task function (the tokenizer is loaded once per worker
+process and kept, never per row or batch: Ray reuses its worker processes across tasks, so no
+actor has to start for it); each removed record is marked `drop="filtered"` with its reason,
+so the manifest counts
 `dropped_{reason}`. Reasons, in the order they are checked: `empty_turn`, `no_assistant`,
 `non_text`, `language`, `too_short`, `too_long`.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import pyarrow as pa
 
@@ -58,13 +62,29 @@ def token_texts(messages: list[dict[str, str]]) -> tuple[str, str]:
     return system, "\n".join(m["content"] for m in messages if m["role"] != "system")
 
 
+def _tokenizer(model_cfg: ModelConfig, tokenizer_path: str):
+    return _cached_tokenizer(model_cfg.model_dump_json(), tokenizer_path)
+
+
+@lru_cache(maxsize=2)
+def _cached_tokenizer(model_json: str, tokenizer_path: str):
+    from med42ray.models import load_tokenizer
+
+    return load_tokenizer(ModelConfig.model_validate_json(model_json), path=tokenizer_path)
+
+
+def filter_records(
+    batch: pa.Table, model_cfg: ModelConfig, tokenizer_path: str, cfg: FilterConfig
+) -> pa.Table:
+    """Ray Data task: mark the batch's filtered records (this process's cached tokenizer)."""
+    return RecordFilter(_tokenizer(model_cfg, tokenizer_path), cfg)(batch)
+
+
 class RecordFilter:
-    """Ray Data actor that marks filtered records; loads the tokenizer once."""
+    """Marks filtered records with their reason, counting tokens with `tokenizer`."""
 
-    def __init__(self, model_cfg: ModelConfig, tokenizer_path: str, cfg: FilterConfig):
-        from med42ray.models import load_tokenizer
-
-        self.tokenizer = load_tokenizer(model_cfg, path=tokenizer_path)
+    def __init__(self, tokenizer, cfg: FilterConfig):
+        self.tokenizer = tokenizer
         self.cfg = cfg
 
     def count_tokens(self, texts: list[str]) -> list[int]:

@@ -41,9 +41,9 @@ from med42ray.data.dedup import (
     live,
     mark,
     mark_exact,
-    shuffle_context,
+    sort_shuffled,
 )
-from med42ray.data.filters import REASONS, RecordFilter, check_languages
+from med42ray.data.filters import REASONS, check_languages, filter_records
 from med42ray.data.sources import (
     MESSAGE_TYPE,
     DataError,
@@ -337,11 +337,10 @@ def prepare_data(
     # Actor stages read materialised input, so the pool never starves upstream tasks of CPUs.
     ds = ds.materialize()
     ds = ds.map_batches(
-        RecordFilter,
+        filter_records,
         batch_format="pyarrow",
         batch_size=256,
-        fn_constructor_args=(cfg.model, tok_path, dcfg.filters),
-        concurrency=pool,
+        fn_args=(cfg.model, tok_path, dcfg.filters),
     ).materialize()
     t = lap("filter", t)
 
@@ -411,8 +410,7 @@ def prepare_data(
             batch_format="pyarrow",
             fn_kwargs={"fraction": dcfg.eval_fraction, "seed": cfg.seed},
         )
-        with shuffle_context():
-            kept = kept.sort("order").materialize()
+        kept = sort_shuffled(kept).sort("order").materialize()
         epochs = {s.name: s.epochs for s in dcfg.sources}
         train = ShardWriter(tmp / "train", dcfg.rows_per_shard)
         held = ShardWriter(tmp / "eval", dcfg.rows_per_shard)
