@@ -39,10 +39,38 @@ from med42ray.data.decontam import (
 from med42ray.data.sources import RECORD_SCHEMA
 from med42ray.data.text import normalize
 
-SYLLABLES = ["ab", "ca", "de", "fi", "go", "hu", "ka", "le", "mi", "no", "pa", "qui", "ro", "sa",
-             "te", "vu", "xa", "yo", "ze", "tri", "pro", "cor", "neu", "hep", "nal", "lin"]
-_COMMON = ("the a of and in to with is was for on patient which following most likely her his "
-           "history presents year old man woman examination shows blood pressure mg dl")
+SYLLABLES = [
+    "ab",
+    "ca",
+    "de",
+    "fi",
+    "go",
+    "hu",
+    "ka",
+    "le",
+    "mi",
+    "no",
+    "pa",
+    "qui",
+    "ro",
+    "sa",
+    "te",
+    "vu",
+    "xa",
+    "yo",
+    "ze",
+    "tri",
+    "pro",
+    "cor",
+    "neu",
+    "hep",
+    "nal",
+    "lin",
+]
+_COMMON = (
+    "the a of and in to with is was for on patient which following most likely her his "
+    "history presents year old man woman examination shows blood pressure mg dl"
+)
 COMMON = _COMMON.split()
 
 
@@ -56,8 +84,12 @@ def make_vocab(rng: random.Random, size: int = 6000) -> list[str]:
 def sentence(rng: np.random.Generator, vocab: list[str], n: int) -> str:
     idx = np.minimum(rng.zipf(1.3, n) - 1, len(vocab) - 1)
     common = rng.random(n) < 0.35
-    return " ".join([COMMON[i % len(COMMON)] if c else vocab[i]
-                     for i, c in zip(idx.tolist(), common.tolist(), strict=True)])
+    return " ".join(
+        [
+            COMMON[i % len(COMMON)] if c else vocab[i]
+            for i, c in zip(idx.tolist(), common.tolist(), strict=True)
+        ]
+    )
 
 
 def make_items(path: Path, n_items: int, vocab: list[str], seed: int) -> None:
@@ -66,12 +98,23 @@ def make_items(path: Path, n_items: int, vocab: list[str], seed: int) -> None:
         for i in range(n_items):
             stem = sentence(rng, vocab, int(rng.integers(35, 90))).capitalize() + "?"
             opts = {k: sentence(rng, vocab, int(rng.integers(1, 5))) for k in "ABCD"}
-            fh.write(json.dumps({"id": f"q{i}", "question": stem, "options": opts,
-                                 "answer_idx": "ABCD"[i % 4]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"id": f"q{i}", "question": stem, "options": opts, "answer_idx": "ABCD"[i % 4]}
+                )
+                + "\n"
+            )
 
 
-def make_corpus(folder: Path, n: int, items: list, vocab: list[str], seed: int,
-                rate: float = 0.01, files: int = 16) -> set[str]:
+def make_corpus(
+    folder: Path,
+    n: int,
+    items: list,
+    vocab: list[str],
+    seed: int,
+    rate: float = 0.01,
+    files: int = 16,
+) -> set[str]:
     rng = np.random.default_rng(seed)
     prng = random.Random(seed)
     planted = set()
@@ -88,8 +131,13 @@ def make_corpus(folder: Path, n: int, items: list, vocab: list[str], seed: int,
                 item = items[prng.randrange(len(items))]
                 kind = prng.randrange(3)
                 if kind == 0:  # verbatim stem + options
-                    user = item.question + "\n" + "\n".join(
-                        f"{lab}. {c}" for lab, c in zip(item.labels, item.choices, strict=True))
+                    user = (
+                        item.question
+                        + "\n"
+                        + "\n".join(
+                            f"{lab}. {c}" for lab, c in zip(item.labels, item.choices, strict=True)
+                        )
+                    )
                 elif kind == 1:  # embedded in a longer instruction
                     user = f"{user} Consider this case: {item.question} Explain."
                 else:  # re-cased, punctuation changed
@@ -101,12 +149,14 @@ def make_corpus(folder: Path, n: int, items: list, vocab: list[str], seed: int,
             cols["source_file"].append(f"part-{f}")
             cols["row"].append(row)
             cols["order"].append(k)
-            cols["messages"].append([{"role": "user", "content": user},
-                                     {"role": "assistant", "content": answer}])
+            cols["messages"].append(
+                [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+            )
             for c in ("drop", "reason", "detail", "dkey"):
                 cols[c].append("")
-        pq.write_table(pa.Table.from_pydict(cols, schema=RECORD_SCHEMA),
-                       folder / f"part-{f:03d}.parquet")
+        pq.write_table(
+            pa.Table.from_pydict(cols, schema=RECORD_SCHEMA), folder / f"part-{f:03d}.parquet"
+        )
     return planted
 
 
@@ -118,16 +168,20 @@ def baseline(folder: Path, items: list, n: int) -> tuple[set[str], float]:
         for seq in item_sequences(item.question, item.choices, item.gold_text, n):
             length = n if len(seq) >= n else len(seq)
             for i in range(len(seq) - length + 1):
-                index[" ".join(seq[i:i + length])] = item.id
+                index[" ".join(seq[i : i + length])] = item.id
     lengths = sorted({len(k.split()) for k in index}, reverse=True)
     removed = set()
     for path in sorted(folder.glob("*.parquet")):
         table = pq.read_table(path, columns=["id", "messages"])
-        for rid, msgs in zip(table.column("id").to_pylist(),
-                             table.column("messages").to_pylist(), strict=True):
+        for rid, msgs in zip(
+            table.column("id").to_pylist(), table.column("messages").to_pylist(), strict=True
+        ):
             toks = normalize("\n".join(m["content"] for m in msgs)).split()
-            if any(" ".join(toks[i:i + L]) in index
-                   for L in lengths for i in range(len(toks) - L + 1)):
+            if any(
+                " ".join(toks[i : i + L]) in index
+                for L in lengths
+                for i in range(len(toks) - L + 1)
+            ):
                 removed.add(rid)
     return removed, time.perf_counter() - t0
 
@@ -185,10 +239,15 @@ def main() -> None:
     corpus = work / "corpus"
     corpus.mkdir()
     planted = make_corpus(corpus, args.records, items, vocab, seed=2)
-    print(f"generated {args.records} records ({len(planted)} planted contaminations) and "
-          f"{len(items)} benchmark items in {time.perf_counter() - t:.1f}s")
-    words = pq.read_table(next(corpus.glob("*.parquet")), columns=["messages"]).column(
-        "messages").to_pylist()
+    print(
+        f"generated {args.records} records ({len(planted)} planted contaminations) and "
+        f"{len(items)} benchmark items in {time.perf_counter() - t:.1f}s"
+    )
+    words = (
+        pq.read_table(next(corpus.glob("*.parquet")), columns=["messages"])
+        .column("messages")
+        .to_pylist()
+    )
     mean = np.mean([sum(len(m["content"].split()) for m in r) for r in words])
     print(f"mean words per record: {mean:.0f}")
 
@@ -207,11 +266,19 @@ def main() -> None:
     def pipeline(paths):
         # materialised first: the actor pool then holds the CPUs without starving the readers
         ds = ray.data.read_parquet(paths).materialize()
-        ds = ds.map_batches(DecontamFilter, batch_format="pyarrow", batch_size=512,
-                            fn_constructor_args=(index_ref,), concurrency=args.cpus)
+        ds = ds.map_batches(
+            DecontamFilter,
+            batch_format="pyarrow",
+            batch_size=512,
+            fn_constructor_args=(index_ref,),
+            concurrency=args.cpus,
+        )
         out = ds.map_batches(
             lambda b: b.filter(pa.compute.equal(b.column("drop"), "decontaminated")).select(
-                ["id", "reason", "detail"]), batch_format="pyarrow")
+                ["id", "reason", "detail"]
+            ),
+            batch_format="pyarrow",
+        )
         return out.to_pandas()
 
     pipeline(files[:1])
@@ -222,15 +289,21 @@ def main() -> None:
     removed = set(removed_df["id"])
     base_removed, t_base = baseline(corpus, items, args.ngram)
 
-    print(f"pipeline (Ray Data, {args.cpus} CPUs, {args.cpus} DecontamFilter actors): "
-          f"{t_ray:.1f}s, {args.records / t_ray:,.0f} records/s, removed {len(removed)}")
-    print(f"baseline (single process, Python n-gram dict): {t_base:.1f}s, "
-          f"{args.records / t_base:,.0f} records/s, removed {len(base_removed)}")
+    print(
+        f"pipeline (Ray Data, {args.cpus} CPUs, {args.cpus} DecontamFilter actors): "
+        f"{t_ray:.1f}s, {args.records / t_ray:,.0f} records/s, removed {len(removed)}"
+    )
+    print(
+        f"baseline (single process, Python n-gram dict): {t_base:.1f}s, "
+        f"{args.records / t_base:,.0f} records/s, removed {len(base_removed)}"
+    )
     print(f"speed-up: {t_base / t_ray:.2f}x")
     print(f"peak RSS (driver + Ray workers, sampled): {mem.peak / 2**20:,.0f} MiB")
-    print(f"identical removals: {removed == base_removed}; planted caught: "
-          f"{len(planted & removed)}/{len(planted)}; removed but not planted: "
-          f"{len(removed - planted)}")
+    print(
+        f"identical removals: {removed == base_removed}; planted caught: "
+        f"{len(planted & removed)}/{len(planted)}; removed but not planted: "
+        f"{len(removed - planted)}"
+    )
     if removed != base_removed:
         print("differences:", sorted(removed ^ base_removed)[:10])
         sys.exit(1)

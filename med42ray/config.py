@@ -324,6 +324,13 @@ class EvalConfig(Section):
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     engine: Literal["hf", "vllm"] = "hf"
     scoring: Literal["loglikelihood", "generate"] = "loglikelihood"
+    prompt_format: Literal["multiple_choice", "cloze"] = Field(
+        default="multiple_choice",
+        description="`multiple_choice`: the task YAMLs as they are (lm-eval's prompts; lettered "
+        "tasks score the option letters). `cloze`: lettered tasks ask the question alone and "
+        "score each option's text (lm-eval's `mmlu_continuation`, OLMES's cloze formulation), "
+        "the format small base models can answer; log-likelihood scoring only.",
+    )
     num_fewshot: int = Field(default=0, ge=0)
     use_chat_template: bool = False
     batch_size: int = Field(default=16, gt=0)
@@ -333,6 +340,12 @@ class EvalConfig(Section):
     gpus_per_actor: float = Field(default=0, ge=0)
     tensor_parallel_size: int = Field(default=1, gt=0)
     seed: int = 1234
+
+    @model_validator(mode="after")
+    def _cloze_is_scored_by_likelihood(self) -> EvalConfig:
+        if self.prompt_format == "cloze" and self.scoring != "loglikelihood":
+            raise ValueError("eval.prompt_format cloze needs eval.scoring loglikelihood")
+        return self
 
 
 # ------------------------------------------------------------------------------------- report

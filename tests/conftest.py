@@ -57,6 +57,9 @@ def _small() -> dict[str, Any]:
         "train.precision": "fp32",
         "train.checkpoint_every": 20,
         "train.keep_checkpoints": 2,
+        "train.log_every": 1,
+        # the reference harness's prompts (the demo scores answer texts: cloze)
+        "eval.prompt_format": "multiple_choice",
     }
     if "pretrain" in TinyModelConfig.model_fields:
         small["model.tiny.pretrain"] = None  # random weights: no minutes-long base training

@@ -11,6 +11,7 @@ import yaml
 
 from med42ray.eval.benchmarks import BenchmarkError, load_benchmark, load_task
 from med42ray.eval.prompts import PromptFormat, render_text
+from tests.conftest import REPO
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 LM_EVAL_TASKS = Path(pytest.importorskip("lm_eval").__file__).parent / "tasks"
@@ -112,6 +113,45 @@ def test_mmlu_prompt_equals_lm_eval_yaml():
     expected = [raw["description"] + template.render(**r) for r in records("mmlu_anatomy.jsonl")]
     assert ours("mmlu_anatomy", "mmlu_anatomy.jsonl") == expected
     assert "\nThe pleura\nA." in expected[2]  # question.strip()
+
+
+def test_cloze_mmlu_prompt_equals_lm_eval_continuation_yaml():
+    from med42ray.eval.benchmarks import cloze_task
+
+    path = LM_EVAL_TASKS / "mmlu" / "continuation" / "mmlu_anatomy.yaml"
+    raw = yaml.safe_load(path.read_text())
+    template = lm_eval_jinja(path.parent / "_continuation_template_yaml")
+    expected = [raw["description"] + template.render(**r) for r in records("mmlu_anatomy.jsonl")]
+    fmt = PromptFormat(cloze_task(load_task("mmlu_anatomy")))
+    items = load_benchmark("mmlu_anatomy", str(FIX / "mmlu_anatomy.jsonl"))
+    assert [fmt.context(i) for i in items] == expected
+    # the scored continuations are the option texts (lm-eval: doc_to_choice "{{choices}}")
+    prompt = fmt.render(items[0])
+    options = records("mmlu_anatomy.jsonl")[0]["choices"]
+    assert prompt.continuations == tuple(" " + c for c in options)
+    assert fmt.version != PromptFormat(load_task("mmlu_anatomy")).version
+
+
+def test_cloze_keeps_tasks_that_already_score_answer_texts():
+    from med42ray.eval.benchmarks import cloze_task
+
+    for task in ("headqa", "pubmedqa"):
+        assert cloze_task(load_task(task)) == load_task(task)
+    medqa = cloze_task(load_task("medqa"))
+    item = load_benchmark("medqa", str(FIX / "medqa.jsonl"))[0]
+    context = PromptFormat(medqa).context(item)
+    assert context == f"Question: {item.question.strip()}\nAnswer:"
+    assert medqa.metric_list == ("acc", "acc_norm")
+
+
+def test_cloze_needs_loglikelihood_scoring():
+    from med42ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"cloze needs eval\.scoring loglikelihood"):
+        load_config(
+            REPO / "configs" / "tiny.yaml",
+            {"eval.prompt_format": "cloze", "eval.scoring": "generate"},
+        )
 
 
 # -------------------------------------------------------------------- few-shot, chat, hash

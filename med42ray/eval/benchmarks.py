@@ -95,6 +95,26 @@ def list_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
 
 
+CLOZE_TEXT = "Question: {{ question.strip() }}\nAnswer:"
+
+
+def cloze_task(spec: TaskSpec) -> TaskSpec:
+    """The cloze formulation of a lettered multiple-choice task: the question alone, each
+    option's text scored as the answer, with `acc` and `acc_norm` (OLMES's cloze formulation;
+    for MMLU exactly lm-eval's `mmlu_<subject>_continuation`, description included). Tasks that
+    already score answer texts (HeadQA, PubMedQA) are returned unchanged."""
+    if spec.doc_to_choice != "labels":
+        return spec
+    return spec.model_copy(
+        update={
+            "doc_to_text": CLOZE_TEXT,
+            "doc_to_choice": "choices",
+            "description": spec.description.replace("multiple choice questions", "questions"),
+            "metric_list": ("acc", "acc_norm"),
+        }
+    )
+
+
 @functools.cache
 def load_task(name: str) -> TaskSpec:
     """The task spec of `name` (a file in `med42ray/eval/tasks/`)."""

@@ -45,6 +45,7 @@ from med42ray.eval.benchmarks import (
     BenchmarkError,
     BenchmarkItem,
     TaskSpec,
+    cloze_task,
     load_benchmark,
     load_task,
 )
@@ -93,6 +94,8 @@ def prepare_tasks(cfg: ExperimentConfig, tokenizer: Any) -> list[TaskRun]:
     runs = []
     for bench in cfg.eval.benchmarks:
         spec = load_task(bench.name)
+        if cfg.eval.prompt_format == "cloze":
+            spec = cloze_task(spec)
         items = load_benchmark(bench.name, bench.path, bench.limit)
         fmt = PromptFormat(
             spec,
