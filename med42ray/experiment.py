@@ -50,11 +50,16 @@ def _record(run_dir: Path, index: dict[str, Any], stage: StageResult) -> None:
 
 # --------------------------------------------------------------------------------- stage keys
 def base_model_id(cfg: ExperimentConfig) -> str:
-    """What identifies the base weights: the tiny model's recipe folder, or hub id@revision."""
-    from med42ray.models import resolve_model_path
+    """What identifies the base weights: the tiny model's recipe folder, a local folder's name
+    and content hash (so new weights in the same folder rerun every stage), or hub id@revision.
+    """
+    from med42ray.models import folder_digest, local_model_dir, resolve_model_path
 
     if cfg.model.name_or_path == "tiny":
         return Path(resolve_model_path(cfg.model)).name  # builds it once; named by its recipe
+    local = local_model_dir(cfg.model.name_or_path)
+    if local is not None:
+        return f"{local.name}-{folder_digest(local)[:12]}"
     return f"{cfg.model.name_or_path}@{cfg.model.revision or 'main'}"
 
 

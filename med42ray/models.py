@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TINY = "tiny"
+REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 TOKENIZER_CORPUS = ASSETS / "tokenizer_corpus.txt"
 SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<unk>", "<|system|>", "<|prompter|>", "<|assistant|>"]
@@ -185,11 +186,34 @@ def _build_tiny_model(spec: TinyModelConfig, out: Path) -> Path:
     return out
 
 
+def local_model_dir(name_or_path: str) -> Path | None:
+    """`name_or_path` as a local model folder (absolute; a relative path is looked up in the
+    working directory, then in the repository), or None for a hub id."""
+    path = Path(name_or_path)
+    for candidate in (path,) if path.is_absolute() else (path, REPO / path):
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    return None
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the files of a model folder (names and bytes), e.g. to key cached stages."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def resolve_model_path(cfg: ModelConfig) -> str:
-    """Hub id or folder to hand to `from_pretrained`; builds the tiny model when asked for."""
+    """Hub id or folder to hand to `from_pretrained`; builds the tiny model when asked for.
+
+    A local folder comes back absolute, so Ray workers load the same folder whatever their
+    working directory.
+    """
     if cfg.name_or_path == TINY:
         return str(build_tiny_model(cfg.tiny))
-    return cfg.name_or_path
+    local = local_model_dir(cfg.name_or_path)
+    return str(local) if local else cfg.name_or_path
 
 
 def torch_dtype(name: str, use_gpu: bool) -> torch.dtype:

@@ -5,6 +5,7 @@ import torch
 
 from med42ray.config import MED42_SYSTEM_PROMPT, ModelConfig, TinyModelConfig
 from med42ray.models import build_tiny_model, load_model, load_tokenizer, resolve_model_path
+from tests.conftest import REPO
 
 
 def digest_tree(folder: Path) -> dict[str, str]:
@@ -75,3 +76,25 @@ def test_config_chat_template_overrides_tokenizer(tiny_model_path: Path) -> None
     tokenizer = load_tokenizer(cfg)
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text == "[hi]"
+
+
+def test_local_model_folders_resolve_absolute_and_key_stages_by_content(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+
+    from med42ray.config import load_config
+    from med42ray.experiment import base_model_id
+    from med42ray.models import local_model_dir
+
+    local = tmp_path / "models" / "base"
+    shutil.copytree(tiny_model_path, local)
+    monkeypatch.chdir(tmp_path)
+    assert local_model_dir("models/base") == local.resolve()
+    assert resolve_model_path(ModelConfig(name_or_path="models/base")) == str(local.resolve())
+    assert local_model_dir("meta-llama/Llama-2-7b-hf") is None
+    assert resolve_model_path(ModelConfig(name_or_path="org/model")) == "org/model"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", {"model.name_or_path": "models/base"})
+    before = base_model_id(cfg)
+    (local / "model.safetensors").write_bytes(b"other weights")
+    assert base_model_id(cfg) != before  # new weights in the same folder: stages rerun

@@ -232,6 +232,24 @@ def headline(scores: pd.DataFrame) -> str:
     return "; ".join(lines) + "."
 
 
+def eval_settings(config: dict[str, Any]) -> str:
+    """One sentence on how the first run scored its benchmarks (shots, scoring, prompts)."""
+    ev = config.get("eval", {})
+    shots = int(ev.get("num_fewshot", 0))
+    how = {"loglikelihood": "log-likelihood of each option", "generate": "generated answers"}
+    prompts = {
+        "multiple_choice": "lm-evaluation-harness prompts (lettered tasks score the letters)",
+        "cloze": "cloze prompts (lettered tasks score each option's text, as lm-eval's "
+        "mmlu_continuation)",
+    }
+    return (
+        f"{'Zero' if shots == 0 else shots}-shot, "
+        f"{how.get(ev.get('scoring', 'loglikelihood'), ev.get('scoring'))}, "
+        f"{prompts.get(ev.get('prompt_format', 'multiple_choice'))}"
+        f"{', chat template' if ev.get('use_chat_template') else ''}."
+    )
+
+
 def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
     """Write `report.md`, its figures (PNG) and tables (CSV) into `out`; return `out`."""
     runs = load_runs([Path(d) for d in run_dirs])
@@ -263,8 +281,8 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
         parts.append(
             _section(
                 "Accuracy (%, ± standard error)",
-                "Zero-shot, log-likelihood multiple choice, lm-evaluation-harness prompts. "
-                "Group rows are unweighted means of their members.\n\n"
+                eval_settings(first)
+                + " Group rows are unweighted means of their members.\n\n"
                 + to_markdown(accuracy_table(scores))
                 + "\n\n"
                 + headline(scores)
