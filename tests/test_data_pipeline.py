@@ -300,3 +300,28 @@ def test_exact_groups_without_any_duplicate_is_empty(ray_session) -> None:
     assert exact_groups(ray.data.from_arrow(rows)) == {}
     rows = rows.set_column(0, "dkey", pa.array(["a", "b", "a"]))
     assert exact_groups(ray.data.from_arrow(rows)) == {"a": 0}
+
+
+def test_groupbys_use_the_sort_shuffle_whatever_the_global_default(ray_session) -> None:
+    """A Dataset keeps the DataContext it was made under: the strategy must be set on the
+    dataset itself (Ray 2.60's default, SHUFFLE_V2, stalls ~10 s per small groupby)."""
+    import pyarrow as pa
+    import ray
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    from med42ray.data.dedup import sort_shuffled
+
+    ctx = DataContext.get_current()
+    saved = ctx.shuffle_strategy
+    ctx.shuffle_strategy = ShuffleStrategy.SHUFFLE_V2
+    try:
+        ds = ray.data.from_arrow(pa.table({"k": [1, 2, 1]}))
+        assert ds.context.shuffle_strategy == ShuffleStrategy.SHUFFLE_V2
+        keyed = sort_shuffled(ds.map_batches(lambda b: b, batch_format="pyarrow"))
+        assert keyed.context.shuffle_strategy == ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+        assert keyed.groupby("k").count().sort("k").take_all() == [
+            {"k": 1, "count()": 2},
+            {"k": 2, "count()": 1},
+        ]
+    finally:
+        ctx.shuffle_strategy = saved
