@@ -29,6 +29,12 @@ LOCAL_TRAIN_ENV = {
 }
 
 
+def use_local_train_env() -> None:
+    """Set `LOCAL_TRAIN_ENV` in this process's environment, where not already set."""
+    for key, value in LOCAL_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def ray_address(configured: str | None = None) -> str | None:
     """The cluster to join: the config's address, else `RAY_ADDRESS`, else None (local)."""
     return configured or os.environ.get("RAY_ADDRESS") or None
@@ -52,8 +58,7 @@ def init_ray(
     options: dict[str, Any] = {"log_to_driver": True, "runtime_env": runtime_env, **kwargs}
     if target is None:
         options.update(include_dashboard=False, num_cpus=num_cpus)
-        for key, value in LOCAL_TRAIN_ENV.items():
-            os.environ.setdefault(key, value)
+        use_local_train_env()
         log.info("starting a local Ray (num_cpus=%s)", num_cpus or "all")
     else:
         log.info("joining Ray at %s", target)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from med42ray.cluster import LOCAL_TRAIN_ENV
+from med42ray.cluster import use_local_train_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -26,8 +26,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # What `init_ray` sets for a local Ray (fewer actors per fit, faster polls), set here too so
 # that every process the tests start (job drivers, sweep trials) inherits it.
-for _key, _value in LOCAL_TRAIN_ENV.items():
-    os.environ.setdefault(_key, _value)
+use_local_train_env()
 
 
 def _small() -> dict[str, Any]:

@@ -44,9 +44,10 @@ def read_chat_dataset(path: str | Path, in_driver: bool = False):
     """A Ray Data dataset of the `messages` column of the chat files at `path`.
 
     By default the files are read lazily by Ray Data tasks, streamed to the workers. With
-    `in_driver`, local files are read here with pyarrow and handed over as one in-memory
-    block (`ray.data.from_arrow`): for a cluster with no CPU left beside the training workers,
-    where read tasks could not run, and small enough data to hold.
+    `in_driver` the data is read now, before the workers take the CPUs (for a cluster with no
+    CPU left beside them, where read tasks could not run later, and small enough data to
+    hold): local files here with pyarrow, as one in-memory block (`ray.data.from_arrow`), URIs
+    by Ray Data, materialised.
     """
     import ray.data
 
@@ -59,7 +60,7 @@ def read_chat_dataset(path: str | Path, in_driver: bool = False):
         ds = ray.data.read_json(files, lines=True).select_columns(["messages"])
     ds.context.enable_progress_bars = False
     ds.context.execution_options.preserve_order = True  # the worker split relies on file order
-    return ds
+    return ds.materialize() if in_driver else ds
 
 
 def _read_messages(files: list[str], fmt: str):

@@ -109,9 +109,7 @@ def build_trainer(
     in_driver = not _cpus_left_for_data(res.num_workers * res.cpus_per_worker + reserved_cpus)
     paths = {"train": train_data, "eval": eval_data}
     datasets = {
-        name: read_chat_dataset(path, in_driver=in_driver).materialize()
-        if in_driver
-        else read_chat_dataset(path)
+        name: read_chat_dataset(path, in_driver=in_driver)
         for name, path in paths.items()
         if path is not None
     }
