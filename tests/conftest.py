@@ -57,7 +57,7 @@ def _small() -> dict[str, Any]:
         "train.checkpoint_every": 20,
         "train.keep_checkpoints": 2,
         "train.log_every": 1,
-        # the reference harness's prompts (the demo scores answer texts: cloze)
+        # the reference harness's prompts, whatever the demo config picks
         "eval.prompt_format": "multiple_choice",
     }
     if "pretrain" in TinyModelConfig.model_fields:
