@@ -10,11 +10,16 @@ import pytest
 
 from med42ray.config import DecontamConfig, FilterConfig, NearDedupConfig
 from med42ray.data import sources
-from med42ray.data.decontam import build_index_from_items, match_batch
+from med42ray.data.decontam import (
+    build_index_from_items,
+    joined_contents,
+    match_batch,
+    record_text,
+)
 from med42ray.data.dedup import MinHasher, exact_key, jaccard
 from med42ray.data.filters import check_languages, check_text
 from med42ray.data.sources import ADAPTERS, BadRecord, DataError, to_messages
-from med42ray.data.text import ngram_hashes, normalize, sequence_hash, word_hashes
+from med42ray.data.text import batch_words, ngram_hashes, normalize, sequence_hash, word_hashes
 
 FIX = Path(__file__).parent / "fixtures"
 CORPORA = FIX / "corpora"
@@ -200,6 +205,34 @@ def test_normalize_is_case_space_and_punctuation_blind():
     assert exact_key([{"role": "user", "content": "Serum Na: 135–145?"}]) == exact_key(
         [{"role": "user", "content": "serum na 135 145"}]
     )
+
+
+def test_batch_words_in_arrow_equal_the_python_normaliser_split():
+    texts = [
+        "  A 58-year-OLD man,\n\twith ＡＢＣ!  ",
+        "snake_case and under_scores",
+        "Straße ﬁne Ω\u00a0non-breaking\u3000ideographic space",
+        "sep\x1cand\x1fcontrol\x85chars",
+        "",
+        "   ",
+        "?!",
+        "plain ascii words only",
+    ]
+    hashes, lengths, flat = batch_words(texts)
+    expected = [normalize(t).split() for t in texts]
+    assert lengths.tolist() == [len(w) for w in expected]
+    assert flat.to_pylist() == [w for ws in expected for w in ws]
+    assert hashes.tolist() == word_hashes([w for ws in expected for w in ws]).tolist()
+
+
+def test_joined_contents_is_record_text():
+    records = [
+        [{"role": "user", "content": "a b"}, {"role": "assistant", "content": "c"}],
+        [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+        [{"role": "user", "content": "only"}],
+    ]
+    arr = pa.array(records).slice(1)  # offsets of a sliced list array
+    assert joined_contents(arr).to_pylist() == [record_text(r) for r in records[1:]]
 
 
 def test_ngram_hash_matches_whole_sequence_hash():

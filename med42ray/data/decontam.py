@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from med42ray.config import DecontamConfig, ExperimentConfig, NearDedupConfig
 from med42ray.data.dedup import MinHasher, jaccard
-from med42ray.data.text import batch_words, ngram_hashes, normalize, word_hashes
+from med42ray.data.text import batch_words, hash_words, ngram_hashes, normalize
 
 log = logging.getLogger(__name__)
 
@@ -85,35 +85,40 @@ def item_sequences(question: str, choices: Sequence[str], gold: str, n: int) -> 
 def build_index_from_items(
     items: Iterable, dc: DecontamConfig, fuzzy_cfg: NearDedupConfig | None = None
 ) -> DecontamIndex:
-    """Index `BenchmarkItem`s (anything with task, id, question, choices, gold_text)."""
+    """Index `BenchmarkItem`s (anything with task, id, question, choices, gold_text).
+
+    All items' sequences are hashed at once: one word-hash pass, one rolling n-gram pass, and
+    a sort per n-gram length that dedupes (hash, item) pairs and orders the lookup table.
+    """
     n = dc.ngram
     index = DecontamIndex(n=n, threshold=dc.threshold)
-    entries: dict[int, dict[int, set[int]]] = defaultdict(lambda: defaultdict(set))
-    totals = []
+    seq_words: list[str] = []
+    seq_item: list[int] = []
+    seq_len: list[int] = []
     fuzzy_texts = []
-    for item in items:
-        idx = len(index.item_ids)
+    for idx, item in enumerate(items):
         index.tasks.append(item.task)
         index.item_ids.append(str(item.id))
         index.per_task[item.task] = index.per_task.get(item.task, 0) + 1
-        own: set[tuple[int, int]] = set()
         for seq in item_sequences(item.question, item.choices, item.gold_text, n):
-            length = n if len(seq) >= n else len(seq)
-            for h in ngram_hashes(word_hashes(seq), length).tolist():
-                own.add((length, h))
-        for length, h in own:
-            entries[length][h].add(idx)
-        totals.append(len(own))
+            seq_words += seq
+            seq_item.append(idx)
+            seq_len.append(len(seq))
         if dc.fuzzy:
             fuzzy_texts.append(item.question + " " + " ".join(item.choices))
-    index.totals = np.asarray(totals, dtype=np.int32)
-    for length, table in entries.items():
-        pairs = sorted((h, i) for h, ids in table.items() for i in ids)
-        hashes = np.array([p[0] for p in pairs], dtype=np.uint64)
-        index.tables[length] = (hashes, np.array([p[1] for p in pairs], dtype=np.int32))
+    totals = np.zeros(len(index.item_ids), dtype=np.int32)
+    for length, hashes, owners in _sequence_grams(seq_words, seq_item, seq_len, n):
+        order = np.lexsort((owners, hashes))
+        hashes, owners = hashes[order], owners[order]
+        first = np.ones(len(hashes), dtype=bool)
+        first[1:] = (hashes[1:] != hashes[:-1]) | (owners[1:] != owners[:-1])
+        hashes, owners = hashes[first], owners[first]
+        totals += np.bincount(owners, minlength=len(totals)).astype(np.int32)
+        index.tables[length] = (hashes, owners.astype(np.int32))
         bitmap = np.zeros(BITMAP_SIZE, dtype=np.bool_)
         bitmap[(hashes & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)] = True
         index.bitmaps[length] = bitmap
+    index.totals = totals
     if dc.fuzzy:
         cfg = fuzzy_cfg or NearDedupConfig()
         hasher = MinHasher(cfg.num_perm, cfg.shingle_size)
@@ -124,6 +129,27 @@ def build_index_from_items(
             for b, key in enumerate(hasher.bands(sig, cfg.bands)):
                 index.fuzzy_lsh.setdefault((b, key), []).append(i)
     return index
+
+
+def _sequence_grams(
+    words: list[str], seq_item: list[int], seq_len: list[int], n: int
+) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
+    """(gram length, gram hashes, owning items) for concatenated sequences: every `n`-gram of
+    the sequences of `n` words or more, and each shorter sequence whole."""
+    hashes = hash_words(words)
+    lens = np.asarray(seq_len, dtype=np.int64)
+    owner_item = np.asarray(seq_item, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    owner = np.repeat(np.arange(len(lens)), lens)
+    grams = ngram_hashes(hashes, n)
+    if len(grams):
+        pos = np.flatnonzero(owner[: len(grams)] == owner[n - 1 :])
+        pos = pos[lens[owner[pos]] >= n]
+        yield n, grams[pos], owner_item[owner[pos]]
+    for length in sorted(set(lens[lens < n].tolist())):
+        seqs = np.flatnonzero(lens == length)
+        whole = ngram_hashes(hashes, length)[starts[seqs]]
+        yield length, whole, owner_item[seqs]
 
 
 def benchmark_specs(cfg: ExperimentConfig) -> list[tuple[str, str | None]]:
@@ -260,24 +286,42 @@ class DecontamFilter:
         self.index = ray.get(index) if isinstance(index, ray.ObjectRef) else index
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        drop = batch.column("drop").to_pylist()
-        live = [i for i, d in enumerate(drop) if not d]
-        if not live:
+        import pyarrow.compute as pc
+
+        live = np.flatnonzero(pc.equal(batch.column("drop"), "").to_numpy(zero_copy_only=False))
+        if not len(live):
             return batch
-        msgs = batch.column("messages").to_pylist()
-        texts = [record_text(msgs[i]) for i in live]
-        users = [" ".join(m["content"] for m in msgs[i] if m["role"] == "user") for i in live]
-        found = match_batch(self.index, texts, users)
+        msgs = batch.column("messages").combine_chunks().take(pa.array(live))
+        users = None
+        if self.index.fuzzy_sigs is not None:
+            users = [
+                " ".join(m["content"] for m in rec if m["role"] == "user")
+                for rec in msgs.to_pylist()
+            ]
+        found = match_batch(self.index, joined_contents(msgs), users)
+        hits = [(int(i), m) for i, m in zip(live, found, strict=True) if m is not None]
+        if not hits:
+            return batch
+        drop = batch.column("drop").to_pylist()
         reason = batch.column("reason").to_pylist()
         detail = batch.column("detail").to_pylist()
-        for i, m in zip(live, found, strict=True):
-            if m is not None:
-                drop[i], reason[i], detail[i] = "decontaminated", m.benchmark, m.to_json()
+        for i, m in hits:
+            drop[i], reason[i], detail[i] = "decontaminated", m.benchmark, m.to_json()
         for name, values in (("drop", drop), ("reason", reason), ("detail", detail)):
             batch = batch.set_column(
                 batch.schema.get_field_index(name), name, pa.array(values, pa.string())
             )
         return batch
+
+
+def joined_contents(messages: pa.ListArray) -> pa.Array:
+    """`record_text` of every record of a `messages` list array, computed in Arrow."""
+    import pyarrow.compute as pc
+
+    contents = pc.struct_field(pc.list_flatten(messages), "content")
+    counts = pc.list_value_length(messages).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pc.binary_join(pa.ListArray.from_arrays(offsets, contents), "\n")
 
 
 # ---------------------------------------------------------------------------------- report

@@ -11,8 +11,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 _PUNCT = re.compile(r"[^\w\s]|_")
 _SPACE = re.compile(r"\s+")
@@ -71,6 +75,18 @@ def word_hashes(tokens: Sequence[str]) -> np.ndarray:
     return pd.util.hash_array(np.asarray(tokens, dtype=object), categorize=False)
 
 
+def hash_words(tokens: Sequence[str]) -> np.ndarray:
+    """`word_hashes` of many words with repeats: each distinct word is hashed once."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not len(tokens):
+        return np.zeros(0, dtype=np.uint64)
+    encoded = pc.dictionary_encode(pa.array(tokens, pa.string()))
+    unique = encoded.dictionary.to_numpy(zero_copy_only=False)
+    return word_hashes(unique)[encoded.indices.to_numpy()]
+
+
 def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     """uint64 hash of every contiguous `n`-word window of `hashes` (empty if fewer words)."""
     m = len(hashes) - n + 1
@@ -91,8 +107,29 @@ def sequence_hash(tokens: Sequence[str]) -> int:
     return int(ngram_hashes(word_hashes(tokens), len(tokens))[0])
 
 
-def batch_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, object]:
-    """`normalize(t).split()` for a whole batch, with the splitting and hashing in Arrow/numpy.
+def normalize_array(texts: pa.Array | Sequence[str]) -> pa.Array:
+    """`normalize` over an Arrow string array (or a list of strings), in Arrow compute.
+
+    ASCII rows are lower-cased and de-punctuated by Arrow kernels; the rare non-ASCII rows
+    (which need NFKC and casefolding) go through :func:`normalize` itself. Rows may keep
+    runs of spaces: callers split on whitespace runs.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = texts if isinstance(texts, pa.Array) else pa.array(list(texts), pa.string())
+    ascii_rows = pc.string_is_ascii(arr)
+    out = pc.replace_substring_regex(pc.ascii_lower(arr), r"[^\w\s]|_", " ")
+    if not pc.all(ascii_rows).as_py():
+        others = pc.invert(ascii_rows)
+        fixed = [normalize(t) for t in arr.filter(others).to_pylist()]
+        out = pc.replace_with_mask(out, others, pa.array(fixed, pa.string()))
+    return out
+
+
+def batch_words(texts: pa.Array | Sequence[str]) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """`normalize(t).split()` for a whole batch (a list or an Arrow string array), with the
+    normalising, splitting and hashing in Arrow/numpy.
 
     Returns (hash of every word, in order; words per text; the words as an Arrow array). Each
     distinct word of the batch is hashed once (`dictionary_encode`).
@@ -102,15 +139,12 @@ def batch_words(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, object]:
 
     if not len(texts):
         return np.zeros(0, np.uint64), np.zeros(0, np.int64), pa.array([], pa.string())
-    arr = pa.array([normalize(t) for t in texts], pa.string())
-    split = pc.split_pattern(arr, pattern=" ")
+    # normalised rows hold no whitespace but ASCII's, so the ASCII split is exact (and faster)
+    split = pc.ascii_split_whitespace(pc.ascii_trim_whitespace(normalize_array(texts)))
     flat = pc.list_flatten(split)
     parent = pc.list_parent_indices(split)
-    keep = pc.not_equal(flat, "")
-    flat, parent = flat.filter(keep), parent.filter(keep)
-    lengths = np.bincount(parent.to_numpy(), minlength=len(arr)).astype(np.int64)
-    encoded = pc.dictionary_encode(flat)
-    unique = encoded.dictionary.to_numpy(zero_copy_only=False)
-    if not len(unique):
-        return np.zeros(0, np.uint64), lengths, flat
-    return word_hashes(unique)[encoded.indices.to_numpy()], lengths, flat
+    keep = pc.not_equal(flat, "")  # only an empty text leaves an empty word once trimmed
+    if not pc.all(keep).as_py():
+        flat, parent = flat.filter(keep), parent.filter(keep)
+    lengths = np.bincount(parent.to_numpy(), minlength=len(texts)).astype(np.int64)
+    return hash_words(flat), lengths, flat
