@@ -1,18 +1,21 @@
 """Training throughput: our packed loop vs a plain Hugging Face `Trainer` (unpacked, padded).
 
-Same tiny model, data (the training fixture, repeated), optimiser, schedule and step count, for
-full fine-tuning and for LoRA, in one process run:
+Same tiny model, data, optimiser, schedule and step count, for full fine-tuning and for LoRA,
+in one process run:
 
   (a) `med42ray.train.run_training`: packed rows of `max_seq_len`, 1 Ray Train worker with all
       the CPUs, the DDP engine (torch AdamW, as the HF Trainer uses);
   (b) `transformers.Trainer`: one sample per row, padded per batch (DataCollatorForSeq2Seq),
       in a fresh Ray task with the same CPUs, so its peak RSS is its own.
 
-Both train the same label tokens (assistant-only masks from `tokenize_chat`). Throughput is the
-median over steps (after 2 warm-up steps) of non-padding tokens / step time; the batch sizes
-give both about the same non-padding tokens per step. On a shared machine wall-clock steps are
-noisy, so it also prints non-padding tokens per CPU-second of the training process (all its
-threads), which other processes' load does not move.
+The data are multi-turn chats built from the training fixture's question/answer pairs with a
+long-tailed number of turns (1 to 10; most chats short, a few long), so sample lengths spread
+from ~30 to ~450 tokens as in real instruction corpora. Both train the same label tokens
+(assistant-only masks from `tokenize_chat`). Throughput is the median over steps (after the
+warm-up steps) of non-padding tokens / step time; the batch sizes give both about the same
+non-padding tokens per step. On a shared machine wall-clock steps are noisy, so it also prints
+non-padding tokens per CPU-second of the training process (all its threads), which other
+processes' load does not move.
 
     .venv/bin/python benchmarks/train_bench.py            # ~4 minutes on 2 CPU cores
 Targets: packed non-padding tokens/s >= 1.3x the unpacked baseline; packed padding share < 5%.
@@ -31,16 +34,53 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 FIXTURE = REPO / "tests" / "fixtures" / "train" / "chat.jsonl"
-REPEAT = 4  # the fixture 4 times: 256 chats
-STEPS = 20
-WARMUP = 2
-SEQ = 128  # ~2.7 chats per row: long enough to pack well, short enough to keep attention cheap
-PACKED_ROWS = 4  # packed rows per step (~4 x 122 real tokens)
-UNPACKED_BATCH = 10  # samples per step (~10 x 48 real tokens)
+CHATS = 800
+MAX_TURNS = 10
+STEPS = 60
+WARMUP = 5
+SEQ = 512  # room for the longest chat; rows hold ~4 chats on average
+PACKED_ROWS = 2  # packed rows per step (~2 x 500 real tokens)
 CPUS = int(os.environ.get("BENCH_CPUS", "2"))
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def mixed_length_chats(n: int, seed: int = 0) -> list[dict]:
+    """`n` chats of 1..MAX_TURNS question/answer turns drawn from the fixture (geometric turn
+    counts: ~40% single-turn), each with the fixture's system prompt half of the time."""
+    import random
+
+    rng = random.Random(seed)
+    fixture = [json.loads(line)["messages"] for line in FIXTURE.read_text().splitlines()]
+    system = next(m for chat in fixture for m in chat if m["role"] == "system")
+    pairs = [[m for m in chat if m["role"] != "system"] for chat in fixture]
+    chats = []
+    for i in range(n):
+        turns = 1
+        while turns < MAX_TURNS and rng.random() > 0.4:
+            turns += 1
+        messages = [system] if rng.random() < 0.5 else []
+        for pair in rng.sample(pairs, turns):
+            messages += pair
+        chats.append({"id": f"bench-{i}", "messages": messages})
+    return chats
+
+
+def unpacked_batch(data: Path, cfg) -> int:
+    """Samples per HF step giving about the packed rows' non-padding tokens per step."""
+    from med42ray.models import load_tokenizer, resolve_model_path
+    from med42ray.train.tokenize import tokenize_chat
+
+    path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, path)
+    lengths = [
+        len(tokenize_chat(tokenizer, json.loads(line)["messages"], SEQ))
+        for line in data.read_text().splitlines()
+    ]
+    mean = sum(lengths) / len(lengths)
+    print(f"sample lengths: mean {mean:.0f}, min {min(lengths)}, max {max(lengths)} tokens")
+    return max(1, round(PACKED_ROWS * SEQ * 0.97 / mean))
 
 
 def experiment(strategy: str):
@@ -85,7 +125,7 @@ def ours(cfg, data: Path, out: Path) -> dict:
     }
 
 
-def hf_trainer_baseline(cfg_json: dict, model_path: str, data: str) -> dict:
+def hf_trainer_baseline(cfg_json: dict, model_path: str, data: str, batch_size: int) -> dict:
     """Runs inside a fresh Ray worker process: HF Trainer, unpacked padded batches."""
     import resource
 
@@ -129,7 +169,7 @@ def hf_trainer_baseline(cfg_json: dict, model_path: str, data: str) -> dict:
 
     args = TrainingArguments(
         output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=UNPACKED_BATCH,
+        per_device_train_batch_size=batch_size,
         learning_rate=t.optimizer.lr,
         weight_decay=t.optimizer.weight_decay,
         adam_beta1=t.optimizer.betas[0],
@@ -180,12 +220,13 @@ def main() -> None:
     init_ray(num_cpus=CPUS)
     work = Path(tempfile.mkdtemp(prefix="med42ray-train-bench-"))
     data = work / "chat.jsonl"
-    data.write_text(FIXTURE.read_text() * REPEAT)
+    data.write_text("".join(json.dumps(c) + "\n" for c in mixed_length_chats(CHATS)))
+    batch_size = unpacked_batch(data, experiment("full"))
     baseline = ray.remote(num_cpus=CPUS, max_calls=1)(hf_trainer_baseline)
     print(
-        f"tiny Llama, {REPEAT}x fixture ({data.read_text().count(chr(10))} chats), "
+        f"tiny Llama, {CHATS} mixed-length chats from the fixture, "
         f"{STEPS} steps, max_seq_len {SEQ}, {CPUS} CPUs; ours: {PACKED_ROWS} packed rows/step,"
-        f" HF Trainer: {UNPACKED_BATCH} padded samples/step"
+        f" HF Trainer: {batch_size} padded samples/step"
     )
     header = (
         f"{'run':<22}{'real tok/s':>12}{'tok/cpu-s':>11}{'peak MB':>10}{'trainable':>12}"
@@ -199,7 +240,9 @@ def main() -> None:
         a["wall_s"] = time.perf_counter() - started
         started = time.perf_counter()
         b = ray.get(
-            baseline.remote(cfg.model_dump(mode="json"), resolve_model_path(cfg.model), str(data))
+            baseline.remote(
+                cfg.model_dump(mode="json"), resolve_model_path(cfg.model), str(data), batch_size
+            )
         )
         b["wall_s"] = time.perf_counter() - started
         results[strategy] = {"ours_packed": a, "hf_trainer_unpacked": b}
