@@ -23,6 +23,9 @@ from tests.test_jobs import OFFLINE_ENV, VENV_BIN, local_head
 
 RUN_SETTINGS = [  # on top of the tests' pinned small model: a few steps per strategy
     "train.max_steps=3",
+    # one worker, no DeepSpeed: tests/test_train_runs.py covers 2 workers under ZeRO; ~25 s less
+    "resources.num_workers=1",
+    "train.deepspeed.enabled=false",
     "train.max_seq_len=128",
     "train.checkpoint_every=2",
     "eval.batch_size=8",

@@ -302,3 +302,14 @@ def test_deepspeed_skips_its_inference_only_shm_op():
     assert hasattr(ds_torch, "build_shm_op")  # a DeepSpeed without it needs no skipping
     skip_inference_comm_op()
     assert ds_torch.build_shm_op() is None
+
+
+def test_small_local_files_are_read_by_the_driver(tmp_path, monkeypatch):
+    from med42ray.train import data
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text('{"messages": [{"role": "user", "content": "q"}]}\n' * 10)
+    assert data.small_local_data(chat)
+    monkeypatch.setattr(data, "IN_DRIVER_MAX_BYTES", chat.stat().st_size - 1)
+    assert not data.small_local_data(chat)  # too big: streamed by Ray Data tasks
+    assert not data.small_local_data("s3://bucket/chat.jsonl")  # remote: streamed

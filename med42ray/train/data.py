@@ -40,14 +40,26 @@ def chat_files(path: str | Path) -> tuple[list[str], str]:
     return [str(p.resolve()) for p in files], formats.pop()
 
 
+IN_DRIVER_MAX_BYTES = 64 * 2**20
+"""Local training files up to this size in all are read by the driver, not streamed."""
+
+
+def small_local_data(path: str | Path) -> bool:
+    """Whether `path` is local files of at most `IN_DRIVER_MAX_BYTES` in all."""
+    files, _ = chat_files(path)
+    if any("://" in f for f in files):
+        return False
+    return sum(Path(f).stat().st_size for f in files) <= IN_DRIVER_MAX_BYTES
+
+
 def read_chat_dataset(path: str | Path, in_driver: bool = False):
     """A Ray Data dataset of the `messages` column of the chat files at `path`.
 
     By default the files are read lazily by Ray Data tasks, streamed to the workers. With
-    `in_driver` the data is read now, before the workers take the CPUs (for a cluster with no
-    CPU left beside them, where read tasks could not run later, and small enough data to
-    hold): local files here with pyarrow, as one in-memory block (`ray.data.from_arrow`), URIs
-    by Ray Data, materialised.
+    `in_driver` the data is read now, before the workers take the CPUs (small local files,
+    or a cluster with no CPU left beside the workers, where read tasks could not run later):
+    local files here with pyarrow, as one in-memory block (`ray.data.from_arrow`), URIs by
+    Ray Data, materialised.
     """
     import ray.data
 

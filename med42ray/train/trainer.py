@@ -27,7 +27,7 @@ from typing import Any
 from med42ray.cluster import init_ray
 from med42ray.config import ExperimentConfig
 from med42ray.models import resolve_model_path
-from med42ray.train.data import read_chat_dataset
+from med42ray.train.data import read_chat_dataset, small_local_data
 
 #: Test hook: "STEP:RANK:MARKER" makes worker RANK exit once at STEP (see FinetuneRecipe).
 FAIL_ENV = "MED42RAY_TRAIN_FAIL_ONCE"
@@ -60,9 +60,10 @@ def _fail_once_hook() -> dict[str, Any] | None:
     if not spec:
         return None
     step, rank, marker = spec.split(":", 2)
-    # wait three of Ray Train's health-check intervals (2 s unless set) before dying
+    # wait three of Ray Train's health-check intervals (2 s unless set), and at least 1.5 s,
+    # before dying: a loaded machine can delay a poll
     poll = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
-    return {"step": int(step), "rank": int(rank), "marker": marker, "delay_s": 3 * poll}
+    return {"step": int(step), "rank": int(rank), "marker": marker, "delay_s": max(3 * poll, 1.5)}
 
 
 def _cpus_left_for_data(train_cpus: float) -> bool:
@@ -105,11 +106,12 @@ def build_trainer(
     if res.use_gpu:
         worker["GPU"] = res.gpus_per_worker
     # Ray Data gets the CPUs the workers leave; with none left its read tasks would wait
-    # forever, so the (then small) data is read here, up front, instead of streamed.
-    in_driver = not _cpus_left_for_data(res.num_workers * res.cpus_per_worker + reserved_cpus)
+    # forever, so the (then small) data is read here, up front, instead of streamed. Small
+    # local files are read here anyway: read tasks would cost more to start than to run.
+    no_cpu_left = not _cpus_left_for_data(res.num_workers * res.cpus_per_worker + reserved_cpus)
     paths = {"train": train_data, "eval": eval_data}
     datasets = {
-        name: read_chat_dataset(path, in_driver=in_driver)
+        name: read_chat_dataset(path, in_driver=no_cpu_left or small_local_data(path))
         for name, path in paths.items()
         if path is not None
     }
