@@ -253,6 +253,23 @@ def test_filter_reasons():
             assert got == expected, rec
 
 
+def test_token_counter_counts_as_the_tokenizer_does(tiny_config, tiny_model_path):
+    """The shipped Rust pipeline (and the per-worker fallback) count exactly what
+    `tokenizer(texts, add_special_tokens=False)` counts, special-token text included."""
+    from med42ray.data.filters import TokenCounter
+    from med42ray.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_config.model, path=str(tiny_model_path))
+    texts = [m["content"] for rec in _jsonl(CORPORA / "filters.jsonl") for m in rec["messages"]]
+    texts += ["", "   ", f"{tokenizer.eos_token} mid-text", "Straße ﬁne Ω\u3000space", "x" * 500]
+    expected = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    shipped = TokenCounter.load(tiny_config.model, str(tiny_model_path))
+    assert shipped.pipeline is not None  # a fast tokenizer travels as its pipeline
+    loaded = TokenCounter(shipped.model_json, shipped.path)  # tokenizers without one
+    assert shipped(texts) == loaded(texts) == expected
+    assert shipped([]) == []
+
+
 def test_only_english_language_filter_is_supported():
     check_languages(FilterConfig(languages=["en"]))
     with pytest.raises(DataError, match=r"data.filters.languages.*\['fr'\]"):

@@ -1,15 +1,19 @@
 """Cleaning filters, written once in the datatrove shape: `check(record) -> reason | None`.
 
-:func:`filter_records` is a Ray Data task function (the tokenizer is loaded once per worker
-process and kept, never per row or batch: Ray reuses its worker processes across tasks, so no
-actor has to start for it); each removed record is marked `drop="filtered"` with its reason,
-so the manifest counts
+:func:`filter_records` is a Ray Data task function (Ray reuses its worker processes across
+tasks, so no actor has to start for it). Tokens are counted by a :class:`TokenCounter` built
+once in the driver: a fast tokenizer travels as its own Rust pipeline, so the workers count
+with `tokenizers` alone and never import transformers (several seconds of CPU per process).
+Each removed record is marked `drop="filtered"` with its reason, so the manifest counts
 `dropped_{reason}`. Reasons, in the order they are checked: `empty_turn`, `no_assistant`,
 `non_text`, `language`, `too_short`, `too_long`.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 
 import pyarrow as pa
@@ -62,10 +66,6 @@ def token_texts(messages: list[dict[str, str]]) -> tuple[str, str]:
     return system, "\n".join(m["content"] for m in messages if m["role"] != "system")
 
 
-def _tokenizer(model_cfg: ModelConfig, tokenizer_path: str):
-    return _cached_tokenizer(model_cfg.model_dump_json(), tokenizer_path)
-
-
 @lru_cache(maxsize=2)
 def _cached_tokenizer(model_json: str, tokenizer_path: str):
     from med42ray.models import load_tokenizer
@@ -73,25 +73,71 @@ def _cached_tokenizer(model_json: str, tokenizer_path: str):
     return load_tokenizer(ModelConfig.model_validate_json(model_json), path=tokenizer_path)
 
 
-def filter_records(
-    batch: pa.Table, model_cfg: ModelConfig, tokenizer_path: str, cfg: FilterConfig
-) -> pa.Table:
-    """Ray Data task: mark the batch's filtered records (this process's cached tokenizer)."""
-    return RecordFilter(_tokenizer(model_cfg, tokenizer_path), cfg)(batch)
+@lru_cache(maxsize=2)
+def _backend(key: str, pipeline: str, split_special_tokens: bool):
+    """The `tokenizers.Tokenizer` of `pipeline`, rebuilt once per process (by `key`)."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(pipeline)
+    backend.no_truncation()
+    backend.no_padding()
+    backend.encode_special_tokens = split_special_tokens
+    return backend
+
+
+@dataclass(frozen=True, eq=False)
+class TokenCounter:
+    """Counts tokens exactly as `tokenizer(texts, add_special_tokens=False)` does.
+
+    A fast tokenizer is carried as `backend_tokenizer.to_str()` (what transformers itself
+    encodes with, after any of its own set-up); a tokenizer without one is loaded in each
+    worker process instead, once.
+    """
+
+    model_json: str
+    path: str
+    pipeline: str | None = None
+    key: str = ""
+    split_special_tokens: bool = False
+
+    @classmethod
+    def load(cls, model_cfg: ModelConfig, tokenizer_path: str) -> TokenCounter:
+        model_json = model_cfg.model_dump_json()
+        tokenizer = _cached_tokenizer(model_json, tokenizer_path)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return cls(model_json, tokenizer_path)
+        pipeline = backend.to_str()
+        return cls(
+            model_json,
+            tokenizer_path,
+            pipeline,
+            hashlib.sha256(pipeline.encode()).hexdigest(),
+            bool(getattr(tokenizer, "split_special_tokens", False)),
+        )
+
+    def __call__(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        if self.pipeline is None:
+            tokenizer = _cached_tokenizer(self.model_json, self.path)
+            enc = tokenizer(texts, add_special_tokens=False, verbose=False)
+            return [len(ids) for ids in enc["input_ids"]]
+        backend = _backend(self.key, self.pipeline, self.split_special_tokens)
+        return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
+
+
+def filter_records(batch: pa.Table, count_tokens: TokenCounter, cfg: FilterConfig) -> pa.Table:
+    """Ray Data task: mark the batch's filtered records."""
+    return RecordFilter(count_tokens, cfg)(batch)
 
 
 class RecordFilter:
-    """Marks filtered records with their reason, counting tokens with `tokenizer`."""
+    """Marks filtered records with their reason, counting tokens with `count_tokens`."""
 
-    def __init__(self, tokenizer, cfg: FilterConfig):
-        self.tokenizer = tokenizer
+    def __init__(self, count_tokens: Callable[[list[str]], list[int]], cfg: FilterConfig):
+        self.count_tokens = count_tokens
         self.cfg = cfg
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        if not texts:
-            return []
-        enc = self.tokenizer(texts, add_special_tokens=False, verbose=False)
-        return [len(ids) for ids in enc["input_ids"]]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         drop = batch.column("drop").to_pylist()

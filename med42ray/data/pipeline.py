@@ -43,7 +43,7 @@ from med42ray.data.dedup import (
     mark_exact,
     sort_shuffled,
 )
-from med42ray.data.filters import REASONS, check_languages, filter_records
+from med42ray.data.filters import REASONS, TokenCounter, check_languages, filter_records
 from med42ray.data.sources import (
     MESSAGE_TYPE,
     DataError,
@@ -340,7 +340,7 @@ def prepare_data(
         filter_records,
         batch_format="pyarrow",
         batch_size=256,
-        fn_args=(cfg.model, tok_path, dcfg.filters),
+        fn_args=(TokenCounter.load(cfg.model, tok_path), dcfg.filters),
     ).materialize()
     t = lap("filter", t)
 
