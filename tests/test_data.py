@@ -10,13 +10,8 @@ import pytest
 
 from med42ray.config import DecontamConfig, FilterConfig, NearDedupConfig
 from med42ray.data import sources
-from med42ray.data.decontam import (
-    build_index_from_items,
-    joined_contents,
-    match_batch,
-    record_text,
-)
-from med42ray.data.dedup import MinHasher, exact_key, jaccard
+from med42ray.data.decontam import build_index_from_items, joined_contents, match_batch
+from med42ray.data.dedup import MinHasher, exact_key, jaccard, record_text
 from med42ray.data.filters import check_languages, check_text
 from med42ray.data.sources import ADAPTERS, BadRecord, DataError, to_messages
 from med42ray.data.text import batch_words, ngram_hashes, normalize, sequence_hash, word_hashes

@@ -304,12 +304,19 @@ def test_deepspeed_skips_its_inference_only_shm_op():
     assert ds_torch.build_shm_op() is None
 
 
-def test_small_local_files_are_read_by_the_driver(tmp_path, monkeypatch):
+def test_small_local_files_are_read_by_the_driver(ray_session, tmp_path, monkeypatch):
+    from ray.data.dataset import MaterializedDataset
+
     from med42ray.train import data
 
     chat = tmp_path / "chat.jsonl"
     chat.write_text('{"messages": [{"role": "user", "content": "q"}]}\n' * 10)
-    assert data.small_local_data(chat)
+    files, _ = data.chat_files(chat)
+    assert data.small_local_files(files)
+    small = data.read_chat_dataset(chat)
+    assert isinstance(small, MaterializedDataset) and small.count() == 10  # read now
     monkeypatch.setattr(data, "IN_DRIVER_MAX_BYTES", chat.stat().st_size - 1)
-    assert not data.small_local_data(chat)  # too big: streamed by Ray Data tasks
-    assert not data.small_local_data("s3://bucket/chat.jsonl")  # remote: streamed
+    assert not data.small_local_files(files)  # too big: streamed by Ray Data tasks
+    assert not isinstance(data.read_chat_dataset(chat), MaterializedDataset)
+    assert isinstance(data.read_chat_dataset(chat, in_driver=True), MaterializedDataset)
+    assert not data.small_local_files(["s3://bucket/chat.jsonl"])  # remote: streamed

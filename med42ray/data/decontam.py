@@ -32,7 +32,13 @@ import pyarrow as pa
 
 from med42ray.config import DecontamConfig, ExperimentConfig, NearDedupConfig
 from med42ray.data.dedup import MinHasher, jaccard
-from med42ray.data.text import batch_words, hash_words, ngram_hashes, normalize
+from med42ray.data.text import (
+    batch_words,
+    hash_words,
+    ngram_hashes,
+    normalize,
+    within_one_sequence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +149,7 @@ def _sequence_grams(
     owner = np.repeat(np.arange(len(lens)), lens)
     grams = ngram_hashes(hashes, n)
     if len(grams):
-        pos = np.flatnonzero(owner[: len(grams)] == owner[n - 1 :])
+        pos = np.flatnonzero(within_one_sequence(owner, np.arange(len(grams)), n))
         pos = pos[lens[owner[pos]] >= n]
         yield n, grams[pos], owner_item[owner[pos]]
     for length in sorted(set(lens[lens < n].tolist())):
@@ -194,10 +200,6 @@ class Match:
         )
 
 
-def record_text(messages: Sequence[dict]) -> str:
-    return "\n".join(m["content"] for m in messages)
-
-
 def match_batch(
     index: DecontamIndex, texts: Sequence[str], user_texts: Sequence[str] | None = None
 ) -> list[Match | None]:
@@ -216,7 +218,7 @@ def match_batch(
         maybe = np.flatnonzero(
             index.bitmaps[length][(grams & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)]
         )
-        maybe = maybe[owner[maybe] == owner[maybe + length - 1]]  # windows within one record
+        maybe = maybe[within_one_sequence(owner, maybe, length)]  # windows within one record
         left = np.searchsorted(table, grams[maybe])
         ok = left < len(table)
         ok[ok] = table[left[ok]] == grams[maybe[ok]]
@@ -315,7 +317,8 @@ class DecontamFilter:
 
 
 def joined_contents(messages: pa.ListArray) -> pa.Array:
-    """`record_text` of every record of a `messages` list array, computed in Arrow."""
+    """`dedup.record_text` of every record of a `messages` list array (all its turns,
+    newline-joined), computed in Arrow."""
     import pyarrow.compute as pc
 
     contents = pc.struct_field(pc.list_flatten(messages), "content")

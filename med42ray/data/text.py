@@ -102,6 +102,12 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     return acc
 
 
+def within_one_sequence(owner: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """Which `n`-word windows starting at `starts` of concatenated sequences stay inside one
+    sequence (`owner[p]`: the sequence of word `p`), as a boolean mask over `starts`."""
+    return owner[starts] == owner[starts + n - 1]
+
+
 def sequence_hash(tokens: Sequence[str]) -> int:
     """Hash of a whole word sequence, equal to its `ngram_hashes(..., len(tokens))` value."""
     return int(ngram_hashes(word_hashes(tokens), len(tokens))[0])

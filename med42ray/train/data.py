@@ -44,9 +44,8 @@ IN_DRIVER_MAX_BYTES = 64 * 2**20
 """Local training files up to this size in all are read by the driver, not streamed."""
 
 
-def small_local_data(path: str | Path) -> bool:
-    """Whether `path` is local files of at most `IN_DRIVER_MAX_BYTES` in all."""
-    files, _ = chat_files(path)
+def small_local_files(files: list[str]) -> bool:
+    """Whether `files` are all local and of at most `IN_DRIVER_MAX_BYTES` in all."""
     if any("://" in f for f in files):
         return False
     return sum(Path(f).stat().st_size for f in files) <= IN_DRIVER_MAX_BYTES
@@ -55,15 +54,15 @@ def small_local_data(path: str | Path) -> bool:
 def read_chat_dataset(path: str | Path, in_driver: bool = False):
     """A Ray Data dataset of the `messages` column of the chat files at `path`.
 
-    By default the files are read lazily by Ray Data tasks, streamed to the workers. With
-    `in_driver` the data is read now, before the workers take the CPUs (small local files,
-    or a cluster with no CPU left beside the workers, where read tasks could not run later):
-    local files here with pyarrow, as one in-memory block (`ray.data.from_arrow`), URIs by
-    Ray Data, materialised.
+    Small local files (`small_local_files`) are read now, in the driver: read tasks cost
+    more to start than to run. Other files are read lazily by Ray Data tasks, streamed to the
+    workers, unless `in_driver` (a cluster with no CPU left beside the workers, where read
+    tasks could not run later): then they are read now too, by Ray Data, materialised.
     """
     import ray.data
 
     files, fmt = chat_files(path)
+    in_driver = in_driver or small_local_files(files)
     if in_driver and not any("://" in f for f in files):
         ds = ray.data.from_arrow(_read_messages(files, fmt))
     elif fmt == "parquet":

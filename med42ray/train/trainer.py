@@ -27,7 +27,7 @@ from typing import Any
 from med42ray.cluster import init_ray
 from med42ray.config import ExperimentConfig
 from med42ray.models import resolve_model_path
-from med42ray.train.data import read_chat_dataset, small_local_data
+from med42ray.train.data import read_chat_dataset
 
 #: Test hook: "STEP:RANK:MARKER" makes worker RANK exit once at STEP (see FinetuneRecipe).
 FAIL_ENV = "MED42RAY_TRAIN_FAIL_ONCE"
@@ -106,12 +106,12 @@ def build_trainer(
     if res.use_gpu:
         worker["GPU"] = res.gpus_per_worker
     # Ray Data gets the CPUs the workers leave; with none left its read tasks would wait
-    # forever, so the (then small) data is read here, up front, instead of streamed. Small
-    # local files are read here anyway: read tasks would cost more to start than to run.
+    # forever, so the (then small) data is read here, up front, instead of streamed (small
+    # local files always are: read tasks would cost more to start than to run).
     no_cpu_left = not _cpus_left_for_data(res.num_workers * res.cpus_per_worker + reserved_cpus)
     paths = {"train": train_data, "eval": eval_data}
     datasets = {
-        name: read_chat_dataset(path, in_driver=no_cpu_left or small_local_data(path))
+        name: read_chat_dataset(path, in_driver=no_cpu_left)
         for name, path in paths.items()
         if path is not None
     }
