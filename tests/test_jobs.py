@@ -30,6 +30,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import REPO
 
 VENV_BIN = Path(sys.executable).parent
@@ -123,17 +125,35 @@ def up(head: Head, dashboard: bool) -> bool:
         return False
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM the blocking `ray start` (it ends the processes it started), then SIGKILL
-    whatever is left in its process group."""
+def stop_group(proc: subprocess.Popen, grace: float = 5) -> None:
+    """End a head that `local_head` started: SIGTERM to the blocking `ray start` (it ends the
+    processes it started, a normal head's within ~2 s), up to `grace` seconds for that, then
+    SIGKILL to its process group and to any of its processes that left the group. `ray start`
+    itself lingers 15-30 s on its way out, and an autoscaling head's processes as long:
+    nothing of these throwaway clusters is worth waiting for."""
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and any(map(running, started)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for process in filter(running, started):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=5)
+
+
+def running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # ---------------------------------------------------------------------------- autoscaling
