@@ -78,7 +78,7 @@ def experiment(tmp_path_factory, tiny_model_path, _isolated_cache):
                 ),
                 timeout,
                 f"job {job}",
-                interval=2,
+                interval=0.5,
             )
             return status.value
 

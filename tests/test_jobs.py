@@ -108,7 +108,7 @@ def local_head(
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no Ray head at {head.address}:\n{log.read_text()}")
-            time.sleep(1)
+            time.sleep(0.25)
         yield head
     finally:
         stop_group(proc)
