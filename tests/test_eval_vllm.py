@@ -1,7 +1,8 @@
 """The vLLM engine on CPU: agrees with Transformers, and serves a LoRA adapter unmerged.
 
-One vLLM engine for the whole module (starting one takes ~30 s on two cores); it is built with
-LoRA enabled, so it scores the base model (no adapter request) and the adapter.
+One vLLM engine for the whole module, built with LoRA enabled, so it scores the base model (no
+adapter request) and the adapter. On CPU its engine core runs in-process: a few seconds to start
+instead of ~30 s.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def test_vllm_loglikelihood_agrees_with_transformers(vllm_engine, tiny_config, t
     from med42ray.eval.engines import HFEngine
 
     engine, _ = vllm_engine
+    # on CPU the engine core runs in this process, not in one of its own
+    assert type(engine.llm.llm_engine.engine_core).__name__ == "InprocClient"
     requests, groups = requests_and_choices()
     hf = HFEngine(str(tiny_model_path), tiny_config.model, eval_cfg).loglikelihood(requests)
     got = engine.loglikelihood(requests)
