@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import pyarrow as pa
 
@@ -73,15 +74,24 @@ def _cached_tokenizer(model_json: str, tokenizer_path: str):
     return load_tokenizer(ModelConfig.model_validate_json(model_json), path=tokenizer_path)
 
 
-@lru_cache(maxsize=2)
-def _backend(key: str, pipeline: str, split_special_tokens: bool):
-    """The `tokenizers.Tokenizer` of `pipeline`, rebuilt once per process (by `key`)."""
-    from tokenizers import Tokenizer
+_BACKENDS: dict[tuple[str, bool], Any] = {}
+"""This process's `tokenizers.Tokenizer`s, by pipeline digest (`TokenCounter.key`) and
+`split_special_tokens`."""
 
-    backend = Tokenizer.from_str(pipeline)
-    backend.no_truncation()
-    backend.no_padding()
-    backend.encode_special_tokens = split_special_tokens
+
+def _backend(counter: TokenCounter):
+    """The `tokenizers.Tokenizer` of `counter.pipeline`, rebuilt once per process: looked up
+    by its digest, not by the (megabytes of) pipeline text each task receives anew."""
+    key = (counter.key, counter.split_special_tokens)
+    backend = _BACKENDS.get(key)
+    if backend is None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(counter.pipeline)
+        backend.no_truncation()
+        backend.no_padding()
+        backend.encode_special_tokens = counter.split_special_tokens
+        _BACKENDS[key] = backend
     return backend
 
 
@@ -123,7 +133,7 @@ class TokenCounter:
             tokenizer = _cached_tokenizer(self.model_json, self.path)
             enc = tokenizer(texts, add_special_tokens=False, verbose=False)
             return [len(ids) for ids in enc["input_ids"]]
-        backend = _backend(self.key, self.pipeline, self.split_special_tokens)
+        backend = _backend(self)
         return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
 
 

@@ -236,6 +236,12 @@ def lora_rank(adapter: str) -> int:
     return int(json.loads((Path(adapter) / "adapter_config.json").read_text())["r"])
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def vllm_engine_kwargs(
     model_path: str,
     model_cfg: ModelConfig,
@@ -248,8 +254,6 @@ def vllm_engine_kwargs(
     Tensor parallelism runs in-process for one shard (``uni``) and on Ray workers otherwise;
     each engine gets its own seed (``eval.seed + index``); LoRA adapters are served unmerged.
     """
-    import torch
-
     tp = eval_cfg.tensor_parallel_size
     kwargs: dict[str, Any] = {
         "model": model_path,
@@ -263,17 +267,11 @@ def vllm_engine_kwargs(
     }
     if model_cfg.revision:
         kwargs["revision"] = model_cfg.revision
-    if not torch.cuda.is_available():
+    if not _cuda_available():
         kwargs["enforce_eager"] = True  # no CUDA graphs on CPU
     if adapter:
         kwargs.update(enable_lora=True, max_lora_rank=max(8, lora_rank(adapter)), max_loras=1)
     return kwargs
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 class VLLMEngine(Engine):
