@@ -76,7 +76,7 @@ def config_show(config: ConfigArg, overrides: SetOpt = None) -> None:
 @model_app.command("build-tiny")
 def model_build_tiny(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Build the embedded tiny model of CONFIG (cached) and print its folder."""
-    from med42ray.models import build_tiny_model
+    from med42ray.tiny import build_tiny_model
 
     cfg = load_config(config, parse_overrides(overrides))
     typer.echo(str(build_tiny_model(cfg.model.tiny)))
@@ -207,8 +207,8 @@ def doctor(config: ConfigArg, out: OutOpt = Path("outputs/doctor"), overrides: S
 
 def _stage_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input to a stage: shown as one line, exit code 2."""
+    from med42ray.benchmarks import BenchmarkError
     from med42ray.data import DataError
-    from med42ray.eval.benchmarks import BenchmarkError
 
     return (DataError, BenchmarkError, FileExistsError)
 

@@ -64,10 +64,3 @@ def init_ray(
         log.info("joining Ray at %s", target)
     ray.init(address=target, **{k: v for k, v in options.items() if v is not None})
     return ray.cluster_resources()
-
-
-def shutdown_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()

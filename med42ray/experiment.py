@@ -13,39 +13,21 @@ whatever has finished.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
 from med42ray.config import ExperimentConfig, strategy_config
-from med42ray.stages import StageResult, fingerprint_inputs, run_stage
+from med42ray.stages import (
+    StageResult,
+    fingerprint_inputs,
+    finish_index,
+    new_index,
+    record_stage,
+    run_stage,
+)
 
 log = logging.getLogger(__name__)
-INDEX_FILE = "run.json"
-
-
-# ---------------------------------------------------------------------------------- the index
-def read_index(run_dir: Path) -> dict[str, Any]:
-    """`run.json` of a run folder: its config name and the folder of each finished stage."""
-    path = Path(run_dir) / INDEX_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {INDEX_FILE}; is it a `med42ray run` folder?")
-    return json.loads(path.read_text())
-
-
-def _write_index(run_dir: Path, index: dict[str, Any]) -> None:
-    tmp = run_dir / f".{INDEX_FILE}.tmp"
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True))
-    os.replace(tmp, run_dir / INDEX_FILE)
-
-
-def _record(run_dir: Path, index: dict[str, Any], stage: StageResult) -> None:
-    index["stages"][stage.name] = stage.folder.name
-    _write_index(run_dir, index)
 
 
 # --------------------------------------------------------------------------------- stage keys
@@ -160,14 +142,14 @@ def eval_stage(
 
 
 def trained_weights(stage: StageResult) -> tuple[Path | None, Path | None]:
-    """(model, adapter) to score for a finished train stage.
+    """(model, adapter) to score for a finished train stage (`Exported.weights_to_score`)."""
+    from med42ray.train.checkpoint import Exported
 
-    A LoRA run is scored as its adapter served on the base model (as it would be deployed),
-    even when a merged copy was exported too; a full run as its exported model.
-    """
-    if adapter := stage.summary.get("adapter_dir"):
-        return None, stage.folder / adapter
-    return stage.folder / stage.summary["model_dir"], None
+    summary = stage.summary
+    return Exported(
+        stage.folder / summary["model_dir"] if summary.get("model_dir") else None,
+        stage.folder / summary["adapter_dir"] if summary.get("adapter_dir") else None,
+    ).weights_to_score()
 
 
 # -------------------------------------------------------------------------------- the recipe
@@ -177,33 +159,24 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> Path:
     Returns the report folder. Safe to call again on the same `run_dir`: finished stages are
     reused, an interrupted one resumes.
     """
-    from med42ray.doctor import package_versions
     from med42ray.report import build_report
 
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    index = {
-        "name": cfg.name,
-        "strategies": cfg.run.strategies,
-        "stages": {},
-        "started_at": time.time(),
-        "versions": {"python": platform.python_version(), **package_versions()},
-    }
-    _write_index(run_dir, index)
+    index = new_index(run_dir, cfg.name, cfg.run.strategies)
 
     base_id = base_model_id(cfg)
     data = data_stage(cfg, run_dir, base_id)
-    _record(run_dir, index, data)
+    record_stage(run_dir, index, data)
     trained = {}
     for strategy in cfg.run.strategies:
         trained[strategy] = train_stage(strategy_config(cfg, strategy), run_dir, data, base_id)
-        _record(run_dir, index, trained[strategy])
+        record_stage(run_dir, index, trained[strategy])
     if cfg.run.evaluate_base:
-        _record(run_dir, index, eval_stage(cfg, run_dir, "base", base_id))
+        record_stage(run_dir, index, eval_stage(cfg, run_dir, "base", base_id))
     for strategy, stage in trained.items():
         model, adapter = trained_weights(stage)
-        _record(run_dir, index, eval_stage(cfg, run_dir, strategy, stage.key, model, adapter))
-    index["finished_at"] = time.time()
-    _write_index(run_dir, index)
+        record_stage(run_dir, index, eval_stage(cfg, run_dir, strategy, stage.key, model, adapter))
+    finish_index(run_dir, index)
     return build_report([run_dir], run_dir / "report")

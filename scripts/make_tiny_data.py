@@ -14,7 +14,7 @@ hormone sources, adverse effects). This script renders them, deterministically, 
 - `data/tiny/pretrain/`: documents about made-up subjects (statements, chat QA with every
   template, and raw-text exam items in the lm-eval prompt formats), so the tiny base model
   learns the language of the templates and how to answer exam items from stored knowledge, but
-  none of the real facts (`med42ray.pretrain`, `model.tiny.pretrain`).
+  none of the real facts (`med42ray.tiny.pretrain`, `model.tiny.pretrain`).
 
 Run: `.venv/bin/python scripts/make_tiny_data.py` (a test checks the shipped files are current).
 """

@@ -107,7 +107,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_model_path(tiny_config) -> Path:
     """The pinned small tiny model (random weights), built once per run."""
-    from med42ray.models import build_tiny_model
+    from med42ray.tiny import build_tiny_model
 
     return build_tiny_model(tiny_config.model.tiny)
 

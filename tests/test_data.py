@@ -10,10 +10,11 @@ import pytest
 
 from med42ray.config import DecontamConfig, FilterConfig, NearDedupConfig
 from med42ray.data import sources
+from med42ray.data.adapters import ADAPTERS, BadRecord, to_messages
 from med42ray.data.decontam import build_index_from_items, joined_contents, match_batch
 from med42ray.data.dedup import MinHasher, exact_key, jaccard, record_text
 from med42ray.data.filters import check_languages, check_text
-from med42ray.data.sources import ADAPTERS, BadRecord, DataError, to_messages
+from med42ray.data.sources import DataError
 from med42ray.data.text import batch_words, ngram_hashes, normalize, sequence_hash, word_hashes
 
 FIX = Path(__file__).parent / "fixtures"
@@ -289,7 +290,7 @@ def test_minhash_estimates_jaccard():
 
 # -------------------------------------------------------------------------- decontamination
 def bench_items():
-    from med42ray.eval.benchmarks import load_benchmark
+    from med42ray.benchmarks import load_benchmark
 
     return (
         load_benchmark("medqa", path=str(DECONTAM / "medqa_test.jsonl"))

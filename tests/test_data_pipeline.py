@@ -309,7 +309,7 @@ def test_groupbys_use_the_sort_shuffle_whatever_the_global_default(ray_session) 
     import ray
     from ray.data.context import DataContext, ShuffleStrategy
 
-    from med42ray.data.dedup import sort_shuffled
+    from med42ray.data.steps import sort_shuffled
 
     ctx = DataContext.get_current()
     saved = ctx.shuffle_strategy

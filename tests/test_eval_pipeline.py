@@ -52,7 +52,7 @@ def test_outputs_and_scores(full_run, tiny_config, tiny_model_path):
     assert (preds["correct"] == (preds["pred"] == preds["gold"])).all()
     # the actor pool's scores are the in-process engine's
     engine = HFEngine(str(tiny_model_path), tiny_config.model, tiny_config.eval)
-    from med42ray.eval.benchmarks import load_benchmark, load_task
+    from med42ray.benchmarks import load_benchmark, load_task
     from med42ray.eval.prompts import PromptFormat
 
     fmt = PromptFormat(load_task("headqa"))

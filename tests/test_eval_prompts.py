@@ -9,7 +9,7 @@ import jinja2
 import pytest
 import yaml
 
-from med42ray.eval.benchmarks import BenchmarkError, load_benchmark, load_task
+from med42ray.benchmarks import BenchmarkError, load_benchmark, load_task
 from med42ray.eval.prompts import PromptFormat, render_text
 from tests.conftest import REPO
 
@@ -116,7 +116,7 @@ def test_mmlu_prompt_equals_lm_eval_yaml():
 
 
 def test_cloze_mmlu_prompt_equals_lm_eval_continuation_yaml():
-    from med42ray.eval.benchmarks import cloze_task
+    from med42ray.benchmarks import cloze_task
 
     path = LM_EVAL_TASKS / "mmlu" / "continuation" / "mmlu_anatomy.yaml"
     raw = yaml.safe_load(path.read_text())
@@ -133,7 +133,7 @@ def test_cloze_mmlu_prompt_equals_lm_eval_continuation_yaml():
 
 
 def test_cloze_keeps_tasks_that_already_score_answer_texts():
-    from med42ray.eval.benchmarks import cloze_task
+    from med42ray.benchmarks import cloze_task
 
     for task in ("headqa", "pubmedqa"):
         assert cloze_task(load_task(task)) == load_task(task)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from med42ray.eval.benchmarks import load_benchmark, load_task
+from med42ray.benchmarks import load_benchmark, load_task
 from med42ray.eval.metrics import mean_stderr, predict, summarise
 from med42ray.eval.parsing import parse_answer
 from med42ray.eval.prompts import PromptFormat

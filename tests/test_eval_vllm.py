@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from med42ray.eval.benchmarks import load_benchmark, load_task
+from med42ray.benchmarks import load_benchmark, load_task
 from med42ray.eval.metrics import predict
 from med42ray.eval.prompts import PromptFormat
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import torch
 
 from med42ray.config import MED42_SYSTEM_PROMPT, ModelConfig, TinyModelConfig
-from med42ray.models import build_tiny_model, load_model, load_tokenizer, resolve_model_path
+from med42ray.models import load_model, load_tokenizer, resolve_model_path
+from med42ray.tiny import build_tiny_model
 from tests.conftest import REPO
 
 

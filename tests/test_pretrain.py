@@ -6,14 +6,9 @@ from pathlib import Path
 import pytest
 
 from med42ray.config import TinyModelConfig, TinyPretrainConfig
-from med42ray.models import (
-    build_tiny_model,
-    effective_spec,
-    load_tokenizer,
-    tiny_model_dir,
-    train_tiny_tokenizer,
-)
-from med42ray.pretrain import encode_documents, pretrain, read_documents
+from med42ray.models import load_tokenizer
+from med42ray.tiny import build_tiny_model, effective_spec, tiny_model_dir, train_tiny_tokenizer
+from med42ray.tiny.pretrain import encode_documents, pretrain, read_documents
 
 from .conftest import REPO
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from med42ray.eval.benchmarks import list_tasks, load_benchmark
+from med42ray.benchmarks import list_tasks, load_benchmark
 
 from .conftest import REPO
 

@@ -1,6 +1,22 @@
-"""Data stage: sources -> chat records -> filters -> dedup -> decontamination -> shards."""
+"""Data stage: raw corpora -> chat records -> removal steps -> training shards + manifest.
 
-from med42ray.data.pipeline import format_summary, prepare_data
-from med42ray.data.sources import ADAPTERS, DataError
+pipeline.py     prepare_data: the stage, its steps in order
+adapters.py     raw records -> chat messages, one adapter per source format (ADAPTERS)
+sources.py      source files -> record rows (RECORD_SCHEMA, MESSAGE_TYPE), DataError
+quarantine.py   the check for unreadable input, and quarantine.jsonl
+steps.py        the step type (a decision about live rows) and the one marking loop
+sampling.py     SampleByWeight, CapPerSource
+filters.py      CleaningFilter (cleaning filters + token limits), TokenCounter
+dedup.py        ExactDedup, NearDedup (MinHash-LSH)
+decontam.py     Decontaminate: the benchmark n-gram index and its actor pool, the report
+text.py         the one normaliser and the word / n-gram hashes
+shards.py       the kept records as train/eval Parquet shards
+manifest.py     counts per source, their reconciliation (CATEGORIES), the manifest
+"""
+
+from med42ray.data.adapters import ADAPTERS
+from med42ray.data.manifest import format_summary
+from med42ray.data.pipeline import prepare_data
+from med42ray.data.sources import DataError
 
 __all__ = ["ADAPTERS", "DataError", "format_summary", "prepare_data"]

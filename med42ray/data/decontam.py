@@ -2,17 +2,18 @@
 
 Shaped like datatrove's `NGramsDecontIndexer` / `NGramsDecontFilter`:
 
-* :func:`build_index` loads the evaluation items through :func:`med42ray.eval.benchmarks.
+* :func:`build_index` loads the evaluation items through :func:`med42ray.benchmarks.
   load_benchmark` (the same loader evaluation uses) and indexes, per item, the word n-grams of
   the question stem joined with its options and of the stem joined with its gold answer (so
   n-grams from the question, from the answer and across the question/answer boundary). Stems
   shorter than `n` words are indexed whole (matched as a contiguous word sequence), as is a
   short stem + gold answer. Texts go through the stage's one normaliser (`text.normalize`).
-* :class:`DecontamFilter` (a Ray Data actor) receives the index once through the object store
-  and checks the joined text of every record (all turns, so n-grams across the user/assistant
-  boundary count). With `threshold == 0` any shared n-gram removes the record; otherwise the
-  share of an item's indexed n-grams found in the record must exceed the threshold. With
-  `fuzzy`, the user turn's MinHash is compared (LSH) with each item's stem + options.
+* :class:`Decontaminate` (the step; a Ray Data actor) receives the index once through the
+  object store and checks the joined text of every record (all turns, so n-grams across the
+  user/assistant boundary count). With `threshold == 0` any shared n-gram removes the
+  record; otherwise the share of an item's indexed n-grams found in the record must exceed
+  the threshold. With `fuzzy`, the user turn's MinHash is compared (LSH) with each item's
+  stem + options.
 
 Work is vectorised per batch: one `hash_array` call for all words, a rolling n-gram hash, and
 one `searchsorted` against the sorted index per n-gram length.
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from med42ray.config import DecontamConfig, ExperimentConfig, NearDedupConfig
 from med42ray.data.dedup import MinHasher, jaccard
+from med42ray.data.steps import Decision, Removal, Step, removed
 from med42ray.data.text import (
     batch_words,
     hash_words,
@@ -169,7 +171,7 @@ def benchmark_specs(cfg: ExperimentConfig) -> list[tuple[str, str | None]]:
 def build_index(cfg: ExperimentConfig) -> DecontamIndex:
     """Load every benchmark once (full test/eval split: `limit` is ignored so that a shortened
     evaluation never shrinks the index) and index it."""
-    from med42ray.eval.benchmarks import load_benchmark
+    from med42ray.benchmarks import load_benchmark
 
     items = []
     for name, path in benchmark_specs(cfg):
@@ -277,22 +279,35 @@ def match_batch(
     return results
 
 
-class DecontamFilter:
-    """Ray Data actor: holds the shared index (one copy per actor, from the object store)."""
+class Decontaminate(Step):
+    """The decontamination step: a Ray Data actor holding the shared index (one copy per
+    actor, from the object store), which removes the live records that match it."""
 
-    def __init__(self, index: DecontamIndex):
+    category = "decontaminated"
+
+    def __init__(self, index: DecontamIndex | None, concurrency: int = 1):
         import ray
 
-        # Handed over as an ObjectRef (one `ray.put` on the driver): fetched once per actor,
-        # its numpy tables read zero-copy from the object store.
+        # Handed to the actors as an ObjectRef (one `ray.put` on the driver): fetched once per
+        # actor, its numpy tables read zero-copy from the object store.
         self.index = ray.get(index) if isinstance(index, ray.ObjectRef) else index
+        self.concurrency = concurrency
+        self.benchmarks: list[tuple[str, str | None]] = []
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow.compute as pc
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig, concurrency: int) -> Decontaminate:
+        """The step for `cfg`, its benchmarks loaded and indexed (no index when it is off)."""
+        benchmarks = benchmark_specs(cfg) if cfg.data.decontamination.enabled else []
+        if cfg.data.decontamination.enabled and not benchmarks:
+            log.info(
+                "decontamination: no benchmarks configured (data.decontamination.benchmarks / "
+                "eval.benchmarks): skipped"
+            )
+        step = cls(build_index(cfg) if benchmarks else None, concurrency)
+        step.benchmarks = benchmarks
+        return step
 
-        live = np.flatnonzero(pc.equal(batch.column("drop"), "").to_numpy(zero_copy_only=False))
-        if not len(live):
-            return batch
+    def decide(self, batch: pa.Table, live: list[int]) -> Decision:
         msgs = batch.column("messages").combine_chunks().take(pa.array(live))
         users = None
         if self.index.fuzzy_sigs is not None:
@@ -301,19 +316,33 @@ class DecontamFilter:
                 for rec in msgs.to_pylist()
             ]
         found = match_batch(self.index, joined_contents(msgs), users)
-        hits = [(int(i), m) for i, m in zip(live, found, strict=True) if m is not None]
-        if not hits:
-            return batch
-        drop = batch.column("drop").to_pylist()
-        reason = batch.column("reason").to_pylist()
-        detail = batch.column("detail").to_pylist()
-        for i, m in hits:
-            drop[i], reason[i], detail[i] = "decontaminated", m.benchmark, m.to_json()
-        for name, values in (("drop", drop), ("reason", reason), ("detail", detail)):
-            batch = batch.set_column(
-                batch.schema.get_field_index(name), name, pa.array(values, pa.string())
-            )
-        return batch
+        return {
+            i: Removal(m.benchmark, m.to_json())
+            for i, m in zip(live, found, strict=True)
+            if m is not None
+        }
+
+    def apply(self, ds):
+        """An actor pool of `concurrency` actors over `ds`; `ds` as it is without an index."""
+        import ray
+
+        if self.index is None:
+            return ds
+        # Actors read materialised input, so the pool never starves upstream tasks of CPUs.
+        return ds.materialize().map_batches(
+            Decontaminate,
+            batch_format="pyarrow",
+            batch_size=512,
+            fn_constructor_args=(ray.put(self.index),),
+            concurrency=self.concurrency,
+        )
+
+    def report(self, ds, folder: Path, dc: DecontamConfig) -> dict:
+        """`decontamination.{parquet,csv,md}` in `folder` for the records of `ds` this step
+        removed; the manifest's `decontamination` entry."""
+        rows = removed(ds, self.category, ["id", "source", "source_file", "row", "detail"])
+        summary = write_report(rows.to_pandas(), self.index, dc, folder, self.benchmarks)
+        return {**summary, "enabled": self.index is not None}
 
 
 def joined_contents(messages: pa.ListArray) -> pa.Array:
@@ -342,7 +371,7 @@ REPORT_COLUMNS = [
 
 
 def write_report(
-    removed,
+    rows_removed,
     index: DecontamIndex | None,
     dc: DecontamConfig,
     out: Path,
@@ -352,7 +381,7 @@ def write_report(
     import pandas as pd
 
     rows = []
-    for rec in removed.itertuples(index=False):
+    for rec in rows_removed.itertuples(index=False):
         d = json.loads(rec.detail)
         rows.append(
             [

@@ -1,8 +1,8 @@
-"""Exact and near-duplicate removal as Ray Data stages.
+"""Exact and near-duplicate removal: the `ExactDedup` and `NearDedup` steps.
 
-Exact: a 128-bit hash of the normalised text of every turn (`text.normalize`), grouped with
-`groupby(key).aggregate(Count, Min(order))`; in each group the record with the smallest stable
-`order` (source order, file, row) is kept.
+Exact: a 128-bit hash of the normalised text of every turn (`exact_key`, set as `dkey` by the
+filter step), grouped with `groupby(dkey).aggregate(Count, Min(order))`; in each group the
+record with the smallest stable `order` (source order, file, row) is kept.
 
 Near: MinHash-LSH. Signatures are computed in `map_batches` with a vectorised numpy MinHash
 (seeded `(a*x+b) mod (2^61-1)` permutations over 32-bit word-shingle hashes, as datasketch
@@ -17,12 +17,21 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from itertools import combinations
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from med42ray.config import NearDedupConfig
+from med42ray.data.steps import (
+    Decision,
+    Removal,
+    RemoveOrders,
+    Step,
+    shuffle_partitions,
+    sort_shuffled,
+)
 from med42ray.data.text import ngram_hashes, normalize, word_hashes
 
 _PRIME = np.uint64((1 << 61) - 1)
@@ -77,51 +86,9 @@ def exact_key(messages: list[dict[str, str]]) -> str:
     return xxhash.xxh3_128_hexdigest(blob.encode("utf-8"))
 
 
-# ------------------------------------------------------------------------------ Ray stages
-def _only_live(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.equal(batch.column("drop"), ""))
-
-
-def live(ds):
-    """The records not removed so far (lazy)."""
-    return ds.map_batches(_only_live, batch_format="pyarrow")
-
-
-def sort_shuffled(ds):
-    """`ds`, set to group and sort with Ray Data's pull-based sort shuffle: plain tasks, no
-    aggregator actors to start. A Dataset keeps the `DataContext` it was created under, so the
-    strategy is set on the dataset itself; Ray 2.60's default (`SHUFFLE_V2`) spends about 10 s
-    on every small groupby or sort, against 0.2 s for this one."""
-    from ray.data.context import ShuffleStrategy
-
-    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    return ds
-
-
-def shuffle_partitions() -> int:
-    """A few partitions per CPU (Ray's default is 200)."""
-    import ray
-
-    return max(2, min(64, 2 * int(ray.cluster_resources().get("CPU", 1))))
-
-
-def mark(batch: pa.Table, orders: dict[int, str], category: str, reason: str) -> pa.Table:
-    """Mark live rows whose `order` is a key of `orders` as removed (value -> detail)."""
-    drop = batch.column("drop").to_pylist()
-    reasons = batch.column("reason").to_pylist()
-    detail = batch.column("detail").to_pylist()
-    for i, o in enumerate(batch.column("order").to_pylist()):
-        if not drop[i] and o in orders:
-            drop[i], reasons[i], detail[i] = category, reason, orders[o]
-    for name, values in (("drop", drop), ("reason", reasons), ("detail", detail)):
-        batch = batch.set_column(
-            batch.schema.get_field_index(name), name, pa.array(values, pa.string())
-        )
-    return batch
-
-
+# ---------------------------------------------------------------------------- exact dedup
 def _key_rows(batch: pa.Table) -> pa.Table:
-    batch = _only_live(batch)
+    batch = batch.filter(pc.equal(batch.column("drop"), ""))
     return pa.table({"dkey": batch.column("dkey"), "order": batch.column("order")})
 
 
@@ -142,21 +109,43 @@ def _collisions(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.greater(batch.column("count()"), 1))
 
 
-def mark_exact(batch: pa.Table, keep: dict[str, int], ids: dict[int, str]) -> pa.Table:
-    """Mark live rows that share a key with an earlier (smaller `order`) row."""
-    orders = batch.column("order").to_pylist()
-    found = {
-        o: f"duplicate of {ids[keep[k]]}"
-        for k, o, d in zip(
-            batch.column("dkey").to_pylist(), orders, batch.column("drop").to_pylist(), strict=True
-        )
-        if not d and k in keep and keep[k] != o
-    }
-    return mark(batch, found, "deduplicated", "exact") if found else batch
+class ExactDedup(Step):
+    """Removes a live record whose exact-dedup key (`dkey`, set by the cleaning filter) an
+    earlier record has: `groupby(dkey)` finds the groups in the data, the driver keeps their
+    smallest `order`, and a per-batch task marks the others."""
+
+    category = "deduplicated"
+
+    def __init__(self, ids: Callable[[int], str]):
+        self.ids = ids
+        self.keep: dict[str, int] = {}  # dkey -> order kept, for every group of two or more
+        self.kept_ids: dict[int, str] = {}
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"exact_groups": len(self.keep)}
+
+    def decide(self, batch: pa.Table, live: list[int]) -> Decision:
+        keys = batch.column("dkey").to_pylist()
+        orders = batch.column("order").to_pylist()
+        out = {}
+        for i in live:
+            kept = self.keep.get(keys[i])
+            if kept is not None and kept != orders[i]:
+                out[i] = Removal("exact", f"duplicate of {self.kept_ids[kept]}")
+        return out
+
+    def apply(self, ds):
+        self.keep = exact_groups(ds)
+        if not self.keep:
+            return ds
+        self.kept_ids = {o: self.ids(o) for o in self.keep.values()}
+        return super().apply(ds)
 
 
+# ----------------------------------------------------------------------------- near dedup
 def _signatures(batch: pa.Table, cfg: NearDedupConfig, seed: int) -> pa.Table:
-    batch = _only_live(batch)
+    batch = batch.filter(pc.equal(batch.column("drop"), ""))
     hasher = MinHasher(cfg.num_perm, cfg.shingle_size, seed)
     sigs, bands = [], []
     for msgs in batch.column("messages").to_pylist():
@@ -252,3 +241,21 @@ def find_near_duplicates(
             kept = ids(root) if ids else str(root)
             out[o] = f"near-duplicate of {kept} (MinHash Jaccard >= {cfg.threshold})"
     return out, stats
+
+
+class NearDedup(RemoveOrders):
+    """Removes a live record in a MinHash-LSH cluster with an earlier record (see
+    :func:`find_near_duplicates`, run in `apply`); a per-batch task marks them."""
+
+    category = "near_deduplicated"
+    reason: ClassVar[str] = "minhash"
+
+    def __init__(self, cfg: NearDedupConfig, seed: int, ids: Callable[[int], str]):
+        self.cfg, self.seed, self.ids = cfg, seed, ids
+        self.orders: dict[int, str] = {}
+        self.stats: dict[str, Any] = {"enabled": cfg.enabled}
+
+    def apply(self, ds):
+        self.orders, found = find_near_duplicates(ds, self.cfg, self.ids, self.seed)
+        self.stats.update(found)
+        return super().apply(ds) if self.orders else ds

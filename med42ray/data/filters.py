@@ -1,12 +1,12 @@
 """Cleaning filters, written once in the datatrove shape: `check(record) -> reason | None`.
 
-:func:`filter_records` is a Ray Data task function (Ray reuses its worker processes across
-tasks, so no actor has to start for it). Tokens are counted by a :class:`TokenCounter` built
-once in the driver: a fast tokenizer travels as its own Rust pipeline, so the workers count
-with `tokenizers` alone and never import transformers (several seconds of CPU per process).
-Each removed record is marked `drop="filtered"` with its reason, so the manifest counts
-`dropped_{reason}`. Reasons, in the order they are checked: `empty_turn`, `no_assistant`,
-`non_text`, `language`, `too_short`, `too_long`.
+:class:`CleaningFilter` is the filter step, a Ray Data task (Ray reuses its worker processes
+across tasks, so no actor has to start for it). Tokens are counted by a :class:`TokenCounter`
+built once in the driver: a fast tokenizer travels as its own Rust pipeline, so the workers
+count with `tokenizers` alone and never import transformers (several seconds of CPU per
+process). Each removed record is marked `drop="filtered"` with its reason, so the manifest
+counts `dropped_{reason}`. Reasons, in the order they are checked: `empty_turn`,
+`no_assistant`, `non_text`, `language`, `too_short`, `too_long`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import pyarrow as pa
 from med42ray.config import FilterConfig, ModelConfig
 from med42ray.data.dedup import exact_key
 from med42ray.data.sources import DataError
+from med42ray.data.steps import Decision, Removal, Step, live_rows
 from med42ray.data.text import english_stopword_ratio, non_text_ratio, normalize
 
 REASONS = ("empty_turn", "no_assistant", "non_text", "language", "too_short", "too_long")
@@ -137,44 +138,54 @@ class TokenCounter:
         return [len(e.ids) for e in backend.encode_batch(texts, add_special_tokens=False)]
 
 
-def filter_records(batch: pa.Table, count_tokens: TokenCounter, cfg: FilterConfig) -> pa.Table:
-    """Ray Data task: mark the batch's filtered records."""
-    return RecordFilter(count_tokens, cfg)(batch)
+class CleaningFilter(Step):
+    """The cleaning filters, then the token limits (counted with `count_tokens`); a record
+    that passes gets its exact-dedup key (`dkey`) for the exact-dedup step."""
 
-
-class RecordFilter:
-    """Marks filtered records with their reason, counting tokens with `count_tokens`."""
+    category = "filtered"
 
     def __init__(self, count_tokens: Callable[[list[str]], list[int]], cfg: FilterConfig):
         self.count_tokens = count_tokens
         self.cfg = cfg
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        drop = batch.column("drop").to_pylist()
-        reason = batch.column("reason").to_pylist()
+    def decide(self, batch: pa.Table, live: list[int]) -> Decision:
         msgs = batch.column("messages").to_pylist()
-        pending = []
-        for i, d in enumerate(drop):
-            if d:
-                continue
+        removed, pending = {}, []
+        for i in live:
             why = check_text(msgs[i], self.cfg)
             if why:
-                drop[i], reason[i] = "filtered", why
+                removed[i] = Removal(why)
             else:
                 pending.append(i)
         texts = [token_texts(msgs[i]) for i in pending]
         system = self.count_tokens([t[0] for t in texts])
         body = self.count_tokens([t[1] for t in texts])
-        dkey = batch.column("dkey").to_pylist()
         for i, n_sys, n_body in zip(pending, system, body, strict=True):
             if n_body < self.cfg.min_tokens:
-                drop[i], reason[i] = "filtered", "too_short"
+                removed[i] = Removal("too_short")
             elif n_sys + n_body > self.cfg.max_tokens:
-                drop[i], reason[i] = "filtered", "too_long"
-            else:
-                dkey[i] = exact_key(msgs[i])
-        for name, values in (("drop", drop), ("reason", reason), ("dkey", dkey)):
-            batch = batch.set_column(
-                batch.schema.get_field_index(name), name, pa.array(values, pa.string())
-            )
+                removed[i] = Removal("too_long")
+        return removed
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return with_exact_keys(super().__call__(batch))
+
+    def apply(self, ds):
+        """Per-batch tasks of 256 records, between materialised datasets."""
+        return (
+            ds.materialize().map_batches(self, batch_format="pyarrow", batch_size=256).materialize()
+        )
+
+
+def with_exact_keys(batch: pa.Table) -> pa.Table:
+    """`batch` with the exact-dedup key (`dedup.exact_key`) set on its live rows."""
+    live = live_rows(batch)
+    if not live:
         return batch
+    keys = batch.column("dkey").to_pylist()
+    msgs = batch.column("messages").take(live).to_pylist()
+    for i, m in zip(live, msgs, strict=True):
+        keys[i] = exact_key(m)
+    return batch.set_column(
+        batch.schema.get_field_index("dkey"), "dkey", pa.array(keys, pa.string())
+    )

@@ -1,11 +1,12 @@
-"""Raw corpora -> chat records: one adapter per source schema, and robust readers.
+"""Source files -> record rows: resolving paths, reading files robustly, the row schema.
 
-Every record becomes ``{id, source, messages: [{role, content}], source_file, row}``. Adapters
-are small functions keyed by :data:`SourceConfig.format <med42ray.config.SourceFormat>` in
-:data:`ADAPTERS`; they raise :class:`BadRecord` (a quarantine reason) instead of crashing, so
-one malformed line never kills a file. Files are read by Ray Data (`read_binary_files`, which
-handles local paths and `s3://` / `gs://` URIs through pyarrow) and parsed line by line on
-the workers; `hf://owner/name` goes through `datasets.load_dataset` and `from_huggingface`.
+Every record becomes one row of :data:`RECORD_SCHEMA` (`id`, `source`, `source_file`, `row`,
+a stable sort key `order`, `messages`, and the marking columns that the steps fill). Files are
+read by Ray Data (`read_binary_files`, which handles local paths and `s3://` / `gs://` URIs
+through pyarrow) and parsed line by line on the workers, each record through its adapter
+(`med42ray.data.adapters`); `hf://owner/name` goes through `datasets.load_dataset` and
+`from_huggingface`. A line, record or file that cannot be read is kept as a `quarantined` row
+with its reason, never fatal.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import glob
 import io
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-ROLES = ("system", "user", "assistant")
-MAX_RECORD_BYTES = 1 << 20
-"""A raw record larger than this (JSON bytes or total text) is quarantined as `oversize`."""
+from med42ray.data.adapters import MAX_RECORD_BYTES, BadRecord, to_messages
+
+if TYPE_CHECKING:
+    from med42ray.config import SourceConfig
+
 EXTENSIONS = (".jsonl", ".ndjson", ".json", ".parquet")
 _CHUNK = 2048
 
@@ -38,176 +41,16 @@ RECORD_SCHEMA = pa.schema(
         ("drop", pa.string()),  # "" = kept; else the removal category
         ("reason", pa.string()),  # the filter / quarantine reason
         ("detail", pa.string()),
-        ("dkey", pa.string()),  # exact-dedup key, set by the filter stage on surviving rows
+        ("dkey", pa.string()),  # exact-dedup key, set by the filter step on surviving rows
     ]
 )
 """Every row of the pipeline: kept and removed records travel together for the accounting."""
-
-
-class BadRecord(ValueError):
-    """A record that cannot be adapted; `reason` is its quarantine reason."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
 
 
 class DataError(RuntimeError):
     """The data stage cannot go on (unreadable source, too much quarantined input)."""
 
 
-# ------------------------------------------------------------------------------- adapters
-def _field(rec: Mapping[str, Any], key: str, kind: type | tuple[type, ...] = str) -> Any:
-    if key not in rec or rec[key] is None:
-        raise BadRecord(f"missing_field:{key}")
-    value = rec[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise BadRecord(f"wrong_type:{key}", f"got {type(value).__name__}")
-    return value
-
-
-def _optional_str(rec: Mapping[str, Any], key: str) -> str:
-    value = rec.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadRecord(f"wrong_type:{key}", f"got {type(value).__name__}")
-    return value
-
-
-def _turn(role: str, content: str) -> dict[str, str]:
-    return {"role": role, "content": content}
-
-
-def adapt_alpaca(rec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """`{instruction, input?, output}` -> user (instruction, blank line, input) / assistant."""
-    instruction = _field(rec, "instruction")
-    extra = _optional_str(rec, "input")
-    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return [_turn("user", user), _turn("assistant", _field(rec, "output"))]
-
-
-_SHAREGPT_ROLES = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "system": "system",
-}
-
-
-def adapt_sharegpt(rec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """`{conversations: [{from: human|gpt|system, value}]}`."""
-    turns = []
-    for i, turn in enumerate(_field(rec, "conversations", list)):
-        if not isinstance(turn, Mapping):
-            raise BadRecord("wrong_type:conversations", f"turn {i} is not an object")
-        role = _SHAREGPT_ROLES.get(str(_field(turn, "from")).lower())
-        if role is None:
-            raise BadRecord("wrong_type:conversations.from", f"unknown speaker {turn['from']!r}")
-        turns.append(_turn(role, _field(turn, "value")))
-    return turns
-
-
-def adapt_messages(rec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """OpenAI-style `{messages: [{role: system|user|assistant, content}]}`."""
-    turns = []
-    for i, turn in enumerate(_field(rec, "messages", list)):
-        if not isinstance(turn, Mapping):
-            raise BadRecord("wrong_type:messages", f"turn {i} is not an object")
-        role = _field(turn, "role")
-        if role not in ROLES:
-            raise BadRecord("wrong_type:messages.role", f"unknown role {role!r}")
-        turns.append(_turn(role, _field(turn, "content")))
-    return turns
-
-
-def _letter_options(rec: Mapping[str, Any]) -> dict[str, str]:
-    options = _field(rec, "options", (dict, list))
-    if isinstance(options, list):  # hub parquet stores maps as [{key, value}]
-        try:
-            options = {o["key"]: o["value"] for o in options}
-        except (TypeError, KeyError):
-            raise BadRecord("wrong_type:options", "expected {A: text, ...}") from None
-    out = {str(k).strip().upper(): v for k, v in sorted(options.items())}
-    if not out or not all(isinstance(v, str) for v in out.values()):
-        raise BadRecord("wrong_type:options", "expected {A: text, ...}")
-    return out
-
-
-def adapt_medqa(rec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """GBaker/MedQA train: `{question, options: {A..}, answer_idx}` -> "C. text" answers."""
-    options = _letter_options(rec)
-    label = _field(rec, "answer_idx").strip().upper()
-    if label not in options:
-        raise BadRecord("wrong_type:answer_idx", f"{label!r} is not an option")
-    listing = "\n".join(f"{k}. {v}" for k, v in options.items())
-    user = f"{_field(rec, 'question')}\n\n{listing}"
-    return [_turn("user", user), _turn("assistant", f"{label}. {options[label]}")]
-
-
-def adapt_medmcqa(rec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """openlifescienceai/medmcqa train: `{question, opa..opd, cop (0-3), exp}`."""
-    opts = [_field(rec, k) for k in ("opa", "opb", "opc", "opd")]
-    cop = _field(rec, "cop", int)
-    if not 0 <= cop < 4:
-        raise BadRecord("wrong_type:cop", f"{cop} is not in 0..3")
-    listing = "\n".join(f"{'ABCD'[i]}. {o}" for i, o in enumerate(opts))
-    answer = f"{'ABCD'[cop]}. {opts[cop]}"
-    explanation = _optional_str(rec, "exp").strip()
-    if explanation:
-        answer += f"\n\nExplanation: {explanation}"
-    user = f"{_field(rec, 'question')}\n\n{listing}"
-    return [_turn("user", user), _turn("assistant", answer)]
-
-
-def adapt_pubmedqa(rec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """qiaojin/PubMedQA: `{question, context: {contexts: [...]}, long_answer, final_decision}`."""
-    context = _field(rec, "context", dict)
-    contexts = _field(context, "contexts", list)
-    if not all(isinstance(c, str) for c in contexts):
-        raise BadRecord("wrong_type:context.contexts")
-    decision = _field(rec, "final_decision").strip().lower()
-    if decision not in ("yes", "no", "maybe"):
-        raise BadRecord("wrong_type:final_decision", f"{decision!r}")
-    user = "Context: " + " ".join(contexts) + f"\n\nQuestion: {_field(rec, 'question')}"
-    answer = f"{_field(rec, 'long_answer')}\n\nAnswer: {decision}"
-    return [_turn("user", user), _turn("assistant", answer)]
-
-
-def adapt_qa(rec: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Flashcards `{question, answer}`; `input`/`output` accepted as aliases (medical_meadow)."""
-    q_key = "input" if "question" not in rec and "input" in rec else "question"
-    a_key = "output" if "answer" not in rec and "output" in rec else "answer"
-    return [_turn("user", _field(rec, q_key)), _turn("assistant", _field(rec, a_key))]
-
-
-ADAPTERS: dict[str, Callable[[Mapping[str, Any]], list[dict[str, str]]]] = {
-    "alpaca": adapt_alpaca,
-    "sharegpt": adapt_sharegpt,
-    "messages": adapt_messages,
-    "medqa": adapt_medqa,
-    "medmcqa": adapt_medmcqa,
-    "pubmedqa": adapt_pubmedqa,
-    "qa": adapt_qa,
-}
-
-
-def to_messages(fmt: str, rec: Any, system_prompt: str | None) -> list[dict[str, str]]:
-    """Adapt one raw record; prepend `system_prompt` when set and the record has none."""
-    if not isinstance(rec, Mapping):
-        raise BadRecord("not_an_object", f"got {type(rec).__name__}")
-    messages = ADAPTERS[fmt](rec)
-    if sum(len(m["content"]) for m in messages) > MAX_RECORD_BYTES:
-        raise BadRecord("oversize", f"more than {MAX_RECORD_BYTES} characters of text")
-    if system_prompt and not any(m["role"] == "system" for m in messages):
-        messages.insert(0, _turn("system", system_prompt))
-    return messages
-
-
-# -------------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class SourceFiles:
     """The resolved input files of one source."""
@@ -419,7 +262,7 @@ def read_source(
     if src.hub:
         import datasets
 
-        from med42ray.models import hub_token
+        from med42ray.hub import hub_token
 
         hub = datasets.load_dataset(src.labels[0], subset, split=split, token=hub_token())
         hub = hub.add_column("__row__", list(range(len(hub))))
@@ -441,3 +284,23 @@ def read_source(
         batch_format="pyarrow",
         fn_kwargs={"src": src, "system_prompt": system_prompt},
     )
+
+
+def resolve_sources(sources: Sequence[SourceConfig]) -> list[SourceFiles]:
+    """The input files of every configured source, in config order (which fixes `order`)."""
+    return [resolve_source(i, s.name, s.path, s.format) for i, s in enumerate(sources)]
+
+
+def read_sources(
+    srcs: list[SourceFiles],
+    sources: Sequence[SourceConfig],
+    system_prompt: str | None,
+    num_blocks: int | None = None,
+):
+    """Every source read into one materialised Ray Dataset of `RECORD_SCHEMA` rows."""
+    parts = [
+        read_source(src, s.split, s.subset, system_prompt, num_blocks)
+        for src, s in zip(srcs, sources, strict=True)
+    ]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return ds.materialize()

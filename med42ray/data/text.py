@@ -46,11 +46,6 @@ def normalize(text: str) -> str:
     return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
 
 
-def words(text: str) -> list[str]:
-    """Normalised words of `text`."""
-    return normalize(text).split()
-
-
 def non_text_ratio(text: str) -> float:
     """Share of non-space characters that are neither letters/digits nor whitespace."""
     stripped = _SPACE.sub("", text)

@@ -1,7 +1,13 @@
-"""The evaluation stage: benchmark loaders, lm-eval-style prompts, engines and the runner.
+"""The evaluation stage: lm-eval-style prompts, scoring modes, inference engines and the runner.
 
-`run_eval` is imported lazily, so `med42ray.eval.benchmarks` (used by the config and the data
-stage's decontamination) stays a light import.
+``runner`` (the stage: :func:`run_eval`, its Ray actor pool and resumable parts), ``scoring``
+(the scoring modes, ``eval.scoring``: the requests, how an engine scores them, the predictions),
+``engines`` (Transformers and vLLM behind one interface), ``prompts`` (lm-eval's prompt layout),
+``parsing`` (the option a generated answer names) and ``metrics`` (accuracy, stderr, summary).
+The benchmark loaders and task specs live in :mod:`med42ray.benchmarks`.
+
+`run_eval` is imported lazily: importing one module of the package (``metrics``, ``prompts``)
+does not load the runner.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Inference engines behind one interface: Hugging Face Transformers and vLLM.
 
 Both score ``(context, continuation)`` pairs the way lm-evaluation-harness's ``hf`` model does
-(:func:`encode_pair`: trailing spaces of the context move to the continuation, the pair is
+(:func:`encode_pairs`: trailing spaces of the context move to the continuation, the pair is
 encoded whole and split at the context's length, the tokenizer's default special tokens, BOS
-for Llama) and generate greedily. The runner drives either through :class:`Engine` without
-knowing which one it has; :func:`make_engine` is the one factory.
+for Llama) and generate greedily. The scoring modes (:mod:`~med42ray.eval.scoring`) drive
+either through :class:`InferenceEngine` without knowing which one they have; :func:`make_engine`
+is the one factory. (Training has engines of its own, the DeepSpeed and DDP wrappers of
+:mod:`med42ray.train.engines`.)
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def max_model_len(model_path: str, model_cfg: ModelConfig, eval_cfg: EvalConfig)
 
 
 # --------------------------------------------------------------------------------- interface
-class Engine(abc.ABC):
+class InferenceEngine(abc.ABC):
     """Scores continuations and generates text for one model (+ optional LoRA adapter)."""
 
     name: str
@@ -113,7 +115,7 @@ def _truncate(ctx: Sequence[int], cont: Sequence[int], limit: int) -> tuple[list
 
 
 # ------------------------------------------------------------------------------ Transformers
-class HFEngine(Engine):
+class HFEngine(InferenceEngine):
     """Transformers on CPU or one GPU: batched, right-padded forward passes.
 
     A question's options share their context: inputs are deduplicated (one-token options such
@@ -274,7 +276,7 @@ def vllm_engine_kwargs(
     return kwargs
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(InferenceEngine):
     """vLLM: log-likelihoods from ``prompt_logprobs``, greedy generation, LoRA unmerged."""
 
     name = "vllm"
@@ -358,7 +360,7 @@ def make_engine(
     adapter: str | None = None,
     index: int = 0,
     **overrides: Any,
-) -> Engine:
+) -> InferenceEngine:
     """The engine named by `kind` (``eval.engine``: ``hf`` or ``vllm``)."""
     if kind == "hf":
         return HFEngine(model_path, model_cfg, eval_cfg, adapter=adapter, **overrides)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from med42ray.eval.benchmarks import load_task, task_groups
+from med42ray.benchmarks import load_task, task_groups
 
 
 def predict(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-from med42ray.eval.benchmarks import BenchmarkError, BenchmarkItem, TaskSpec
+from med42ray.benchmarks import BenchmarkError, BenchmarkItem, TaskSpec
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

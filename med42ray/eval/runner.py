@@ -1,18 +1,21 @@
 """The evaluation stage: benchmark items -> prompts -> engine actors -> scores -> tables.
 
-:func:`run_eval` renders every item of ``cfg.eval.benchmarks`` (:mod:`prompts`), turns them into
-requests (one per option for log-likelihood scoring, one per item for generation), and streams
-the requests through a Ray Data pipeline whose ``map_batches`` stage is a pool of
-``eval.num_actors`` actors, each holding one engine (:mod:`engines`). Every finished batch is
-written at once as a Parquet part under ``OUT/parts/<run key>/`` (atomic rename, named by the
-hash of its request keys), so a crash loses at most the batches in flight and a rerun scores
-only the requests no part holds yet. The run key hashes the model, adapter, engine, scoring
-mode and prompt formats: a changed prompt never reuses stale scores.
+:func:`run_eval` renders every item of ``cfg.eval.benchmarks`` (:mod:`~med42ray.eval.prompts`),
+asks the run's :class:`~med42ray.eval.scoring.Scoring` (``eval.scoring``) for its requests, and
+streams them through a Ray Data pipeline whose ``map_batches`` stage is a pool of
+``eval.num_actors`` :class:`ScoringActor` s, each holding one inference engine
+(:mod:`~med42ray.eval.engines`) and scoring its batches the way the scoring mode says. Every
+finished batch is written at once as a Parquet part under ``OUT/parts/<run key>/`` (atomically,
+named by the hash of its request keys), so a crash loses at most the batches in flight and a
+rerun scores only the requests no part holds yet. The run key hashes the model, adapter, engine,
+scoring mode (and its settings) and prompt formats: a changed prompt never reuses stale scores.
+The scoring mode then reads each item's prediction from its parts; :mod:`~med42ray.eval.metrics`
+makes the summary.
 
-Outputs in ``OUT``: ``predictions.parquet`` and ``predictions.jsonl`` (one row per item: prompt
-hash, option log-likelihoods or the generated text, prediction, acc_norm prediction, gold,
-correct), ``summary.csv`` and ``summary.md`` (per benchmark, per subset, per group), ``eval.json``
-(what the run did) and ``config.yaml`` (the resolved config).
+Outputs in ``OUT`` (each written atomically): ``predictions.parquet`` and ``predictions.jsonl``
+(one row per item: prompt hash, option log-likelihoods or the generated text, prediction,
+acc_norm prediction, gold, correct), ``summary.csv`` and ``summary.md`` (per benchmark, per
+subset, per group), ``eval.json`` (what the run did) and ``config.yaml`` (the resolved config).
 
 Why the vLLM path also runs in our actor pool rather than through ``ray.data.llm``'s
 ``build_processor``: lm-eval's scoring needs the exact ``context + continuation`` token ids
@@ -28,20 +31,19 @@ part the resume logic needs; the Transformers engine runs in the very same pool.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig
-from med42ray.eval.benchmarks import (
+from med42ray.benchmarks import (
     BenchmarkError,
     BenchmarkItem,
     TaskSpec,
@@ -49,24 +51,15 @@ from med42ray.eval.benchmarks import (
     load_benchmark,
     load_task,
 )
-from med42ray.eval.metrics import predict, summarise, to_markdown
-from med42ray.eval.parsing import parse_answer
-from med42ray.eval.prompts import Prompt, PromptFormat
+from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig
+from med42ray.eval.metrics import summarise, to_markdown
+from med42ray.eval.prompts import PromptFormat
+from med42ray.eval.scoring import Scoring, TaskRun, build_scoring
+from med42ray.stages import atomic_write
 
 log = logging.getLogger(__name__)
 
-KEY_SEP = "|"
 PART_COLUMNS = ["key", "task", "item_id", "option", "loglikelihood", "generation", "compute_s"]
-
-
-@dataclass
-class TaskRun:
-    """One benchmark of the run: its spec, prompt format, items and rendered prompts."""
-
-    spec: TaskSpec
-    fmt: PromptFormat
-    items: list[BenchmarkItem]
-    prompts: list[Prompt]
 
 
 # --------------------------------------------------------------------------- preparation
@@ -89,6 +82,7 @@ def fewshot_items(spec: TaskSpec, path: str | None, k: int) -> list[BenchmarkIte
 
 
 def prepare_tasks(cfg: ExperimentConfig, tokenizer: Any) -> list[TaskRun]:
+    """Every benchmark of ``cfg.eval.benchmarks``: its spec, items and rendered prompts."""
     if not cfg.eval.benchmarks:
         raise BenchmarkError("eval.benchmarks is empty: nothing to evaluate")
     runs = []
@@ -110,45 +104,25 @@ def prepare_tasks(cfg: ExperimentConfig, tokenizer: Any) -> list[TaskRun]:
     return runs
 
 
-def build_requests(tasks: Sequence[TaskRun], scoring: str, tokenizer: Any) -> list[dict]:
-    """One request per (item, option) for log-likelihood scoring, one per item to generate."""
-    from med42ray.eval.engines import encode_pairs
-
-    rows: list[dict] = []
-    for run in tasks:
-        task = run.spec.task
-        if scoring == "generate":
-            for item, prompt in zip(run.items, run.prompts, strict=True):
-                rows.append(_request(task, item.id, -1, [], [], prompt.context))
-            continue
-        pairs, owners = [], []
-        for item, prompt in zip(run.items, run.prompts, strict=True):
-            for j, cont in enumerate(prompt.continuations):
-                pairs.append((prompt.context, cont))
-                owners.append((item.id, j))
-        for (item_id, j), (ctx, cont) in zip(owners, encode_pairs(tokenizer, pairs), strict=True):
-            rows.append(_request(task, item_id, j, ctx, cont, ""))
-    return rows
-
-
-def _request(task: str, item_id: str, option: int, ctx: list, cont: list, text: str) -> dict:
-    key = KEY_SEP.join([task, item_id, str(option)])
-    return {
-        "key": key, "task": task, "item_id": item_id, "option": option,
-        "ctx": [int(t) for t in ctx], "cont": [int(t) for t in cont], "text": text,
-    }  # fmt: skip
+def build_requests(tasks: Sequence[TaskRun], scoring: Scoring, tokenizer: Any) -> list[dict]:
+    """The requests of every task run, as the scoring mode asks them."""
+    return [row for run in tasks for row in scoring.requests(run, tokenizer)]
 
 
 def run_key(
-    tasks: Sequence[TaskRun], model_path: str, adapter: str | None, cfg: ExperimentConfig
+    tasks: Sequence[TaskRun],
+    scoring: Scoring,
+    model_path: str,
+    adapter: str | None,
+    cfg: ExperimentConfig,
 ) -> str:
+    """Hash of everything a stored score depends on: the name of the run's parts folder."""
     blob = {
         "model": model_path,
         "adapter": str(Path(adapter).resolve()) if adapter and Path(adapter).exists() else adapter,
         "engine": cfg.eval.engine,
-        "scoring": cfg.eval.scoring,
+        **scoring.key_settings(),
         "max_model_len": cfg.eval.max_model_len,
-        "max_new_tokens": cfg.eval.max_new_tokens if cfg.eval.scoring == "generate" else None,
         "dtype": cfg.model.dtype,
         "prompts": {t.spec.task: t.fmt.version for t in tasks},
     }
@@ -160,10 +134,7 @@ def write_part(parts_dir: Path, frame: pd.DataFrame) -> Path:
     """Write one finished batch atomically; the name hashes its request keys."""
     keys = "\n".join(sorted(frame["key"]))
     path = parts_dir / f"part-{hashlib.sha256(keys.encode()).hexdigest()[:20]}.parquet"
-    tmp = parts_dir / f".{path.name}.{os.getpid()}.tmp"
-    frame[PART_COLUMNS].to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, _parquet_bytes(frame[PART_COLUMNS]))
 
 
 def read_parts(parts_dir: Path) -> pd.DataFrame:
@@ -173,6 +144,12 @@ def read_parts(parts_dir: Path) -> pd.DataFrame:
         return pd.DataFrame(columns=PART_COLUMNS)
     frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     return frame.drop_duplicates("key", keep="first").reset_index(drop=True)
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------ the actors
@@ -198,8 +175,7 @@ class ScoringActor:
         actor_id = ray.get_runtime_context().get_actor_id() or "0"
         index = int(actor_id[:8], 16) % 10_000
         self.engine = make_engine(engine, model_path, model_cfg, eval_cfg, adapter, index=index)
-        self.scoring = eval_cfg.scoring
-        self.max_new_tokens = eval_cfg.max_new_tokens
+        self.scoring = build_scoring(eval_cfg)
         self.parts_dir = Path(parts_dir)
         self.fail_after_parts = fail_after_parts
         self.parts = 0
@@ -207,16 +183,7 @@ class ScoringActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         n = len(batch["key"])
-        if self.scoring == "generate":
-            texts = self.engine.generate([str(t) for t in batch["text"]], self.max_new_tokens)
-            lls = [math.nan] * n
-        else:
-            pairs = [
-                ([int(t) for t in c], [int(t) for t in k])
-                for c, k in zip(batch["ctx"], batch["cont"], strict=True)
-            ]
-            lls = self.engine.loglikelihood_tokens(pairs)
-            texts = [""] * n
+        scores = self.scoring.score(self.engine, batch)
         seconds = time.perf_counter() - start
         frame = pd.DataFrame(
             {
@@ -224,8 +191,8 @@ class ScoringActor:
                 "task": [str(t) for t in batch["task"]],
                 "item_id": [str(i) for i in batch["item_id"]],
                 "option": [int(o) for o in batch["option"]],
-                "loglikelihood": lls,
-                "generation": texts,
+                "loglikelihood": scores["loglikelihood"],
+                "generation": scores["generation"],
                 "compute_s": [seconds / n] * n,
             }
         )
@@ -285,29 +252,20 @@ def score_requests(
 
 # ----------------------------------------------------------------------------- aggregation
 def item_predictions(
-    tasks: Sequence[TaskRun], results: pd.DataFrame, scoring: str, run: dict[str, Any]
+    tasks: Sequence[TaskRun], results: pd.DataFrame, scoring: Scoring, run: dict[str, Any]
 ) -> pd.DataFrame:
+    """One row per item: `run`'s columns, the prompt, the scoring mode's prediction, gold."""
     by_key = results.set_index("key")
     rows = []
     for t in tasks:
         task = t.spec.task
         for item, prompt in zip(t.items, t.prompts, strict=True):
-            options = range(len(prompt.choices)) if scoring != "generate" else [-1]
-            keys = [KEY_SEP.join([task, item.id, str(j)]) for j in options]
+            keys = scoring.item_keys(task, item, prompt)
             missing = [k for k in keys if k not in by_key.index]
             if missing:
                 raise RuntimeError(f"{task}: item {item.id}: no result for {missing}")
             got = by_key.loc[keys]
-            generation, parsed = None, None
-            if scoring == "generate":
-                generation = str(got["generation"].iloc[0])
-                found = parse_answer(generation, item.labels, item.choices)
-                parsed = found is not None
-                pred = pred_norm = -1 if found is None else found
-                lls: list[float] = []
-            else:
-                lls = [float(x) for x in got["loglikelihood"]]
-                pred, pred_norm = predict(lls, prompt.choices)
+            p = scoring.predict_item(item, prompt, got)
             rows.append(
                 {
                     **run,
@@ -318,18 +276,34 @@ def item_predictions(
                     "prompt_version": t.fmt.version,
                     "prompt_hash": prompt.hash,
                     "choices": list(prompt.choices),
-                    "loglikelihoods": lls,
-                    "generation": generation,
-                    "parsed": parsed,
-                    "pred": pred,
-                    "pred_norm": pred_norm,
+                    "loglikelihoods": p.loglikelihoods,
+                    "generation": p.generation,
+                    "parsed": p.parsed,
+                    "pred": p.pred,
+                    "pred_norm": p.pred_norm,
                     "gold": item.gold,
-                    "correct": pred == item.gold,
-                    "correct_norm": pred_norm == item.gold,
+                    "correct": p.pred == item.gold,
+                    "correct_norm": p.pred_norm == item.gold,
                     "compute_s": float(got["compute_s"].sum()),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def write_outputs(
+    out: Path,
+    cfg: ExperimentConfig,
+    predictions: pd.DataFrame,
+    summary: pd.DataFrame,
+    record: dict[str, Any],
+) -> None:
+    """The run's tables, its resolved config and `eval.json`, each file written atomically."""
+    atomic_write(out / "predictions.parquet", _parquet_bytes(predictions))
+    atomic_write(out / "predictions.jsonl", predictions.to_json(orient="records", lines=True) or "")
+    atomic_write(out / "summary.csv", summary.to_csv(index=False) or "")
+    atomic_write(out / "summary.md", to_markdown(summary))
+    atomic_write(out / "config.yaml", cfg.to_yaml())
+    atomic_write(out / "eval.json", json.dumps(record, indent=2))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -362,10 +336,10 @@ def run_eval(
         model_id = f"{model_id}+{Path(adapter).name}"
     tokenizer = load_tokenizer(cfg.model, model_path if model else None)
     tasks = prepare_tasks(cfg, tokenizer)
-    scoring = cfg.eval.scoring
+    scoring = build_scoring(cfg.eval)
     requests = build_requests(tasks, scoring, tokenizer)
 
-    key = run_key(tasks, model_path, adapter, cfg)
+    key = run_key(tasks, scoring, model_path, adapter, cfg)
     parts_dir = out / "parts" / key
     parts_dir.mkdir(parents=True, exist_ok=True)
     done = set(read_parts(parts_dir)["key"])
@@ -378,14 +352,9 @@ def run_eval(
         scored = score_requests(pending, cfg, model_path, adapter, parts_dir, _fail_after_parts)
 
     wall = time.perf_counter() - start
-    run = {"model": label or model_id, "engine": cfg.eval.engine, "scoring": scoring}
+    run = {"model": label or model_id, "engine": cfg.eval.engine, "scoring": scoring.name}
     predictions = item_predictions(tasks, read_parts(parts_dir), scoring, run)
-    predictions.to_parquet(out / "predictions.parquet", index=False)
-    predictions.to_json(out / "predictions.jsonl", orient="records", lines=True)
     summary = summarise(predictions, {**run, "wall_s": wall})
-    summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(to_markdown(summary), encoding="utf-8")
-    (out / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
     record = {
         "run_key": key,
         "model_path": model_path,
@@ -397,5 +366,5 @@ def run_eval(
         "wall_s": wall,
         "prompt_formats": {t.spec.task: [t.fmt.name, t.fmt.version] for t in tasks},
     }
-    (out / "eval.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    write_outputs(out, cfg, predictions, summary, record)
     return summary

@@ -19,9 +19,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from med42ray.data.pipeline import CATEGORIES
-from med42ray.eval.benchmarks import task_groups
-from med42ray.experiment import read_index
+from med42ray.benchmarks import task_groups
+from med42ray.data.manifest import CATEGORIES
 from med42ray.report.plots import accuracy_bars, loss_curves
 from med42ray.report.tables import (
     PAPER_ROWS,
@@ -31,6 +30,7 @@ from med42ray.report.tables import (
     to_markdown,
     with_average,
 )
+from med42ray.stages import read_index
 
 log = logging.getLogger(__name__)
 DATA_COLUMNS = ["read", "kept", *CATEGORIES]  # read = kept + every removed category

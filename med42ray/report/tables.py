@@ -10,29 +10,34 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from med42ray.benchmarks import title
 from med42ray.eval.metrics import mean_of_estimates
 
 # The paper's row order (PAPER.md), then PubMedQA, HeadQA and the average over all benchmarks.
 # Group rows (MMLU clinical, USMLE) are the evaluation's own: unweighted means of their members.
+# Labels are the task YAMLs' `title`s.
+PAPER_ORDER = [
+    "mmlu_clinical_knowledge",
+    "mmlu_college_biology",
+    "mmlu_college_medicine",
+    "mmlu_medical_genetics",
+    "mmlu_professional_medicine",
+    "mmlu_anatomy",
+    "mmlu_clinical",
+    "medmcqa",
+    "medqa",
+    "usmle_self_assessment",
+    "usmle_sample_exam",
+    "usmle",
+    "pubmedqa",
+    "headqa",
+]
+AVERAGE = "average"
 PAPER_ROWS: list[tuple[str, str]] = [
-    ("mmlu_clinical_knowledge", "MMLU clinical knowledge"),
-    ("mmlu_college_biology", "MMLU college biology"),
-    ("mmlu_college_medicine", "MMLU college medicine"),
-    ("mmlu_medical_genetics", "MMLU medical genetics"),
-    ("mmlu_professional_medicine", "MMLU professional medicine"),
-    ("mmlu_anatomy", "MMLU anatomy"),
-    ("mmlu_clinical", "MMLU clinical, mean of 6"),
-    ("medmcqa", "MedMCQA"),
-    ("medqa", "MedQA"),
-    ("usmle_self_assessment", "USMLE self-assessment"),
-    ("usmle_sample_exam", "USMLE sample exam"),
-    ("usmle", "USMLE, mean"),
-    ("pubmedqa", "PubMedQA"),
-    ("headqa", "HeadQA"),
-    ("average", "Average, all benchmarks"),
+    *((name, title(name)) for name in PAPER_ORDER),
+    (AVERAGE, "Average, all benchmarks"),
 ]
 MODEL_ORDER = ["base", "full", "lora"]
-AVERAGE = "average"
 
 
 def with_average(scores: pd.DataFrame) -> pd.DataFrame:

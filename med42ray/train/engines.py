@@ -1,4 +1,4 @@
-"""Engines: how the model, optimiser and schedule are wrapped for data-parallel training.
+"""Training engines: how the model, optimiser and schedule are wrapped for data parallelism.
 
 `DeepSpeedEngine` (ZeRO stage 0-3, optional CPU offload) and `DDPEngine` (Ray Train's
 `prepare_model`, torch AdamW; the reference) offer the same small interface, so the recipe's one
@@ -24,7 +24,9 @@ from med42ray.train.strategies import Strategy
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Engine(ABC):
+class TrainingEngine(ABC):
+    """Wraps model, optimiser and schedule for data-parallel training (one per worker)."""
+
     def __init__(self, cfg: ExperimentConfig, strategy: Strategy, precision: str, world: int):
         self.cfg = cfg
         self.strategy = strategy
@@ -85,7 +87,7 @@ class Engine(ABC):
         return contextlib.nullcontext()
 
 
-class DDPEngine(Engine):
+class DDPEngine(TrainingEngine):
     """Plain data parallel: torch DDP (via Ray Train) + torch AdamW + LambdaLR + clipping."""
 
     def wrap(self, model, total_steps):
@@ -185,7 +187,7 @@ def skip_inference_comm_op() -> None:
         ds_torch.build_shm_op = lambda: None
 
 
-class DeepSpeedEngine(Engine):
+class DeepSpeedEngine(TrainingEngine):
     """DeepSpeed ZeRO: the config dict is generated (+ user JSON), the schedule is torch's."""
 
     TAG = "deepspeed"
@@ -274,6 +276,8 @@ class DeepSpeedEngine(Engine):
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
 
 
-def build_engine(cfg: ExperimentConfig, strategy: Strategy, precision: str, world: int) -> Engine:
+def build_engine(
+    cfg: ExperimentConfig, strategy: Strategy, precision: str, world: int
+) -> TrainingEngine:
     cls = DeepSpeedEngine if cfg.train.deepspeed.enabled else DDPEngine
     return cls(cfg, strategy, precision, world)

@@ -6,16 +6,14 @@ import math
 from collections.abc import Callable, Iterable
 
 from med42ray.config import OptimizerConfig, ScheduleConfig
+from med42ray.models import bf16_available
 
 
 def resolve_precision(precision: str, use_gpu: bool) -> str:
     """`auto` is bf16 where the GPU supports it, fp32 otherwise (CPU training)."""
     if precision != "auto":
         return precision
-    import torch
-
-    bf16_ok = use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return "bf16" if bf16_ok else "fp32"
+    return "bf16" if bf16_available(use_gpu) else "fp32"
 
 
 def warmup_steps(schedule: ScheduleConfig, total_steps: int) -> int:

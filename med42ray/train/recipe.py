@@ -9,7 +9,7 @@ Train); resume from the latest checkpoint, bit-for-bit on the same data order; p
 reported through `ray.train.report` and kept in `metrics.jsonl` inside every checkpoint.
 
 There is one loop. What differs between strategies lives in a `Strategy`
-(`med42ray.train.strategies`), what differs between DeepSpeed and DDP in an `Engine`
+(`med42ray.train.strategies`), what differs between DeepSpeed and DDP in a `TrainingEngine`
 (`med42ray.train.engines`).
 """
 
@@ -30,6 +30,7 @@ import torch
 
 from med42ray.config import ExperimentConfig
 from med42ray.models import load_tokenizer
+from med42ray.train.checkpoint import EXPORT_DIR, METRICS_FILE, TRAINER_STATE, rng_file
 from med42ray.train.data import RowSchedule, build_schedule, shard_samples
 from med42ray.train.engines import build_engine
 from med42ray.train.metrics import mfu, peak_flops, peak_memory_mb
@@ -38,10 +39,6 @@ from med42ray.train.packing import Row, collate
 from med42ray.train.strategies import build_strategy, count_parameters
 
 log = logging.getLogger(__name__)
-
-TRAINER_STATE = "trainer_state.json"
-METRICS_FILE = "metrics.jsonl"
-EXPORT_DIR = "export"
 
 
 def all_reduce(values: list[float], device, op: str = "sum") -> list[float]:
@@ -196,9 +193,9 @@ class FinetuneRecipe:
             self.step = self.resumed_from = int(state["step"])
             lines = (folder / METRICS_FILE).read_text().splitlines()
             self.history = [json.loads(line) for line in lines if line.strip()]
-            rng_file = folder / f"rng_rank{self.rank:05d}.pt"
-            if rng_file.is_file():
-                set_rng_state(torch.load(rng_file, weights_only=False))
+            rng_path = folder / rng_file(self.rank)
+            if rng_path.is_file():
+                set_rng_state(torch.load(rng_path, weights_only=False))
         if self.rank == 0:
             log.info("resumed from step %d (%s)", self.step, checkpoint.path)
 
@@ -321,7 +318,7 @@ class FinetuneRecipe:
         with tempfile.TemporaryDirectory(prefix="med42ray-ckpt-") as tmp:
             folder = Path(tmp)
             self.engine.save(folder, self.rank)
-            torch.save(rng_state(), folder / f"rng_rank{self.rank:05d}.pt")
+            torch.save(rng_state(), folder / rng_file(self.rank))
             exported = self.export(folder / EXPORT_DIR) if final else {}
             if self.rank == 0:
                 state = {

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from med42ray.cluster import init_ray
 from med42ray.config import ExperimentConfig
 from med42ray.models import resolve_model_path
+from med42ray.train.checkpoint import METRICS_FILE, Exported, export_checkpoint
 from med42ray.train.data import read_chat_dataset
 
 #: Test hook: "STEP:RANK:MARKER" makes worker RANK exit once at STEP (see FinetuneRecipe).
@@ -46,10 +46,9 @@ class TrainResult:
     run_dir: str
     state: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def load_dir(self) -> Path:
-        """The folder an evaluator should load: the merged/full model, else the adapter."""
-        return self.model_dir or self.adapter_dir
+    def weights_to_score(self) -> tuple[Path | None, Path | None]:
+        """(model, adapter) an evaluation loads (`Exported.weights_to_score`)."""
+        return Exported(self.model_dir, self.adapter_dir).weights_to_score()
 
     def to_json(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -140,32 +139,6 @@ def build_trainer(
     )
 
 
-def export_checkpoint(checkpoint: Any, out: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Copy a final checkpoint's export (`model/`, `adapter/`) and `metrics.jsonl` into `out`.
-
-    `checkpoint` is a `ray.train.Checkpoint` or its path (local folder or URI). Returns the
-    written folders by kind (none for a checkpoint saved before the last step) and the
-    checkpoint's trainer state.
-    """
-    import ray.train
-
-    from med42ray.train.recipe import EXPORT_DIR, METRICS_FILE, TRAINER_STATE
-
-    if not isinstance(checkpoint, ray.train.Checkpoint):
-        checkpoint = ray.train.Checkpoint(str(checkpoint))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    with checkpoint.as_directory() as folder:
-        folder = Path(folder)
-        state = json.loads((folder / TRAINER_STATE).read_text())
-        for kind, rel in state["export"].items():
-            written[kind] = out / kind
-            _replace_dir(folder / EXPORT_DIR / rel, written[kind])
-        shutil.copyfile(folder / METRICS_FILE, out / METRICS_FILE)
-    return written, state
-
-
 def run_training(
     cfg: ExperimentConfig,
     train_data: str | Path,
@@ -173,8 +146,6 @@ def run_training(
     eval_data: str | Path | None = None,
 ) -> TrainResult:
     """Fine-tune `cfg.model` on the chat data at `train_data`; write the export under `out`."""
-    from med42ray.train.recipe import METRICS_FILE
-
     started = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -182,11 +153,11 @@ def run_training(
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    written, state = export_checkpoint(result.checkpoint, out)
+    exported, state = export_checkpoint(result.checkpoint, out)
     (out / "config.yaml").write_text(cfg.to_yaml())
     outcome = TrainResult(
-        model_dir=written.get("model"),
-        adapter_dir=written.get("adapter"),
+        model_dir=exported.model,
+        adapter_dir=exported.adapter,
         metrics_path=out / METRICS_FILE,
         final_metrics=dict(result.metrics or {}),
         trainable_params=state["trainable_params"],
@@ -198,9 +169,3 @@ def run_training(
     )
     (out / "train_result.json").write_text(json.dumps(outcome.to_json(), indent=2))
     return outcome
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)

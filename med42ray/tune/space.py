@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from med42ray.config import ConfigError, ExperimentConfig, load_config, parse_config, set_dotted
+from med42ray.config import ConfigError, ExperimentConfig, load_config
+from med42ray.config import with_overrides as apply_trial
 
 SWEEP_KEYS = {"experiment", "overrides", "tune"}
 
@@ -57,16 +58,6 @@ def check_search_space(cfg: ExperimentConfig, source: str) -> None:
         samples = values[:2] if kind not in ("choice", "grid") else values
         for value in samples:
             apply_trial(cfg, {key: value}, source=f"{source}: tune.search_space")
-
-
-def apply_trial(
-    cfg: ExperimentConfig, trial: dict[str, Any], source: str = "trial"
-) -> ExperimentConfig:
-    """The experiment config with a trial's dotted values set (validated)."""
-    raw = cfg.model_dump(mode="json")
-    for key, value in trial.items():
-        set_dotted(raw, key, value, source=source)
-    return parse_config(raw, source)
 
 
 def param_space(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -95,17 +95,13 @@ def _trial(
 def _evaluate(cfg: ExperimentConfig, checkpoint: Any, out: Path) -> dict[str, float]:
     """Score a trial's exported model on `eval.benchmarks`: `accuracy` + `<benchmark>_acc`."""
     from med42ray.eval import run_eval
-    from med42ray.models import resolve_model_path
-    from med42ray.train.trainer import export_checkpoint
+    from med42ray.train.checkpoint import export_checkpoint
 
     if not cfg.eval.benchmarks:
         raise ConfigError("tune.evaluate needs eval.benchmarks")
-    written, _ = export_checkpoint(checkpoint, out / "export")
-    if "model" in written:
-        model, adapter = str(written["model"]), None
-    else:
-        model, adapter = resolve_model_path(cfg.model), str(written["adapter"])
-    summary = run_eval(cfg, out, model=model, adapter=adapter)
+    exported, _ = export_checkpoint(checkpoint, out / "export")
+    model, adapter = exported.weights_to_score()
+    summary = run_eval(cfg, out, model=model and str(model), adapter=adapter and str(adapter))
     tasks = summary[summary["level"] == "task"]
     scores = {f"{row.benchmark}_acc": float(row.acc) for row in tasks.itertuples()}
     scores["accuracy"] = float(tasks["acc"].mean())
@@ -392,7 +388,7 @@ def _ranked(table: pd.DataFrame, cfg: ExperimentConfig) -> pd.DataFrame:
 
 def best_trial(table: pd.DataFrame, cfg: ExperimentConfig) -> pd.Series | None:
     """The best TERMINATED trial that has a metric and a final (exported) checkpoint."""
-    from med42ray.train.recipe import TRAINER_STATE
+    from med42ray.train.checkpoint import is_final
 
     ranked = _ranked(table, cfg)
     for _, row in ranked.iterrows():
@@ -401,23 +397,22 @@ def best_trial(table: pd.DataFrame, cfg: ExperimentConfig) -> pd.Series | None:
         ckpt = row["checkpoint"]
         if not ckpt:
             continue
-        if _is_local(ckpt):
-            state_file = Path(ckpt) / TRAINER_STATE
-            if not state_file.is_file() or not json.loads(state_file.read_text()).get("export"):
-                continue  # stopped early by ASHA: an intermediate checkpoint, no export
+        if _is_local(ckpt) and not is_final(ckpt):
+            continue  # stopped early by ASHA: an intermediate checkpoint, no export
         return row
     return None
 
 
 def export_best(cfg: ExperimentConfig, table: pd.DataFrame, dest: Path) -> Path | None:
     """Copy the best trial's exported model into `dest` (via the train stage's export code)."""
-    from med42ray.train.trainer import export_checkpoint
+    from med42ray.train.checkpoint import export_checkpoint
 
     row = best_trial(table, cfg)
     if row is None:
         log.warning("no finished trial with a final checkpoint: no best model exported")
         return None
-    written, state = export_checkpoint(row["checkpoint"], dest)
+    exported, state = export_checkpoint(row["checkpoint"], dest)
+    written = {k: v for k, v in (("model", exported.model), ("adapter", exported.adapter)) if v}
     record = {
         "trial_id": row["trial_id"],
         "metric": cfg.tune.metric,

@@ -1,11 +1,11 @@
 """Decontamination throughput: the Ray Data actor pool vs a plain single-process implementation.
 
-    .venv/bin/python benchmarks/data_bench.py [--records 200000] [--items 10000] [--cpus 2]
+    .venv/bin/python perf/data_bench.py [--records 200000] [--items 10000] [--cpus 2]
 
 Generates a synthetic instruction corpus (realistic lengths, ~200 words a record) with planted
 contaminations (verbatim stems, stems inside longer instructions, re-cased / re-punctuated
 copies), and a MedQA-schema benchmark file of ~10k items loaded through `load_benchmark`. It then
-runs the pipeline's decontamination stage (`DecontamFilter` actors over Ray Data, the index shared
+runs the pipeline's decontamination step (`Decontaminate` actors over Ray Data, the index shared
 through the object store) and a straightforward single-process Python implementation of the same
 n-gram rule (dict of n-gram strings), and checks that both remove exactly the same records.
 Prints records/s for each, the speed-up, and peak memory (driver + Ray workers, sampled RSS).
@@ -31,11 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from med42ray.config import DecontamConfig
-from med42ray.data.decontam import (
-    DecontamFilter,
-    build_index_from_items,
-    item_sequences,
-)
+from med42ray.data.decontam import Decontaminate, build_index_from_items, item_sequences
 from med42ray.data.sources import RECORD_SCHEMA
 from med42ray.data.text import normalize
 
@@ -228,8 +224,8 @@ def main() -> None:
 
     import ray
 
+    from med42ray.benchmarks import load_benchmark
     from med42ray.cluster import init_ray
-    from med42ray.eval.benchmarks import load_benchmark
 
     work = Path(tempfile.mkdtemp(prefix="m42-data-bench-"))
     vocab = make_vocab(random.Random(0))
@@ -270,7 +266,7 @@ def main() -> None:
         read = ray.remote(pq.read_table)
         ds = ray.data.from_arrow_refs([read.remote(p) for p in paths])
         ds = ds.map_batches(
-            DecontamFilter,
+            Decontaminate,
             batch_format="pyarrow",
             batch_size=512,  # as in the pipeline
             fn_constructor_args=(index_ref,),
@@ -292,7 +288,7 @@ def main() -> None:
     base_removed, t_base = baseline(corpus, items, args.ngram)
 
     print(
-        f"pipeline (index + Ray Data, {args.cpus} CPUs, {args.cpus} DecontamFilter actors): "
+        f"pipeline (index + Ray Data, {args.cpus} CPUs, {args.cpus} Decontaminate actors): "
         f"{t_ray:.1f}s, {args.records / t_ray:,.0f} records/s, removed {len(removed)}"
     )
     print(

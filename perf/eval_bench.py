@@ -5,7 +5,7 @@ in a local JSON file) with med42ray's HF engine and with ``lm_eval.simple_evalua
 task YAML that renders lm-eval's own ``medqa_4options`` prompt; prints items/s for each, the
 ratio, and the per-item agreement of predictions (lm-eval's ``log_samples``).
 
-    .venv/bin/python benchmarks/eval_bench.py [--items 300] [--batch-size 16]
+    .venv/bin/python perf/eval_bench.py [--items 300] [--batch-size 16]
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def synthetic_items(n: int, seed: int = 0) -> list[dict]:
 
 
 def run_ours(cfg, model_path: str, data: Path) -> tuple[float, list[int]]:
-    from med42ray.eval.benchmarks import load_benchmark, load_task
+    from med42ray.benchmarks import load_benchmark, load_task
     from med42ray.eval.engines import HFEngine, encode_pairs
     from med42ray.eval.metrics import predict
     from med42ray.eval.prompts import PromptFormat

@@ -17,7 +17,7 @@ non-padding tokens per step. On a shared machine wall-clock steps are noisy, so 
 non-padding tokens per CPU-second of the training process (all its threads), which other
 processes' load does not move.
 
-    .venv/bin/python benchmarks/train_bench.py            # ~4 minutes on 2 CPU cores
+    .venv/bin/python perf/train_bench.py            # ~4 minutes on 2 CPU cores
 Targets: packed non-padding tokens/s >= 1.3x the unpacked baseline; packed padding share < 5%.
 """
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from med42ray.config import TinyPretrainConfig
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRETRAIN_REVISION = 1  # bump when the pre-training code changes what it trains
 
 
