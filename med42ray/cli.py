@@ -26,7 +26,11 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
 data_app = typer.Typer(help="Prepare training data.", no_args_is_help=True)
 model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
+benchmarks_app = typer.Typer(
+    help="See exactly what is scored and decontaminated.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
+app.add_typer(benchmarks_app, name="benchmarks")
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 
@@ -60,11 +64,61 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 
 @config_app.command("validate")
-def config_validate(configs: Annotated[list[Path], typer.Argument(show_default=False)]) -> None:
+def config_validate(
+    configs: Annotated[list[Path], typer.Argument(show_default=False)],
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also open every source and load and check every benchmark (no Ray, no "
+            "training): what `run` checks before it reads any corpus.",
+        ),
+    ] = False,
+    overrides: SetOpt = None,
+) -> None:
     """Validate one or more experiment configs; print `ok` per file."""
+    from med42ray.experiment import check_inputs
+
     for path in configs:
-        load_config(path)
-        typer.echo(f"ok  {path}")
+        cfg = load_config(path, parse_overrides(overrides))
+        if deep:
+            summary = check_inputs(cfg)
+            typer.echo(f"ok  {path}  ({summary_line(summary)})")
+        else:
+            typer.echo(f"ok  {path}")
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """`check_inputs`'s summary in a few words."""
+    sources = summary.get("sources", {})
+    benchmarks = summary.get("benchmarks", {})
+    items = sum(int(b.get("items", 0)) for b in benchmarks.values())
+    return f"{len(sources)} sources, {len(benchmarks)} benchmarks, {items} items"
+
+
+@benchmarks_app.command("show")
+def benchmarks_show(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Each benchmark of CONFIG: source, form detected, items, dropped, checksum, first prompt."""
+    from med42ray.eval.catalog import describe, format_rows
+
+    cfg = load_config(config, parse_overrides(overrides))
+    tokenizer = None
+    if cfg.eval.use_chat_template:
+        from med42ray.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)
+    typer.echo(format_rows(describe(cfg, tokenizer)))
+
+
+@benchmarks_app.command("export")
+def benchmarks_export(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> None:
+    """Write the canonical items of CONFIG's benchmarks as JSONL (+ provenance.json) into OUT."""
+    from med42ray.eval.catalog import export
+
+    cfg = load_config(config, parse_overrides(overrides))
+    provenance = export(cfg, out)
+    for name, row in provenance.items():
+        typer.echo(f"{out / (name + '.jsonl')}: {row['items']} items ({row['sha256'][:12]})")
 
 
 @config_app.command("show")

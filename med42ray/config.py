@@ -120,6 +120,11 @@ class DataConfig(Section):
     near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
     decontamination: DecontamConfig = Field(default_factory=DecontamConfig)
     max_quarantine_rate: float = Field(default=0.05, ge=0, le=1)
+    allow_lost_files: list[str] = Field(
+        default_factory=list,
+        description="Sources (by name) whose unreadable files are tolerated: counted in the "
+        "manifest instead of failing the stage.",
+    )
     rows_per_shard: int = Field(default=50_000, gt=0)
     eval_fraction: float = Field(default=0.0, ge=0, lt=1, description="Held-out share.")
 
@@ -376,6 +381,12 @@ class ResourcesConfig(Section):
     cpus_per_worker: float = Field(default=1, gt=0)
     storage_path: str | None = Field(
         default=None, description="Ray Train/Tune storage: a folder, `s3://` or `gs://`."
+    )
+    hub_mirror: str | None = Field(
+        default=None,
+        description="Read hub datasets (benchmarks, `hf://` sources) from a mirror instead of "
+        "the hub: a folder or object-store prefix holding `datasets/<owner>/<name>` laid out as "
+        "the hub repository is (its files and dataset card). Default: the hub.",
     )
 
 

@@ -152,6 +152,28 @@ def trained_weights(stage: StageResult) -> tuple[Path | None, Path | None]:
     ).weights_to_score()
 
 
+# ------------------------------------------------------------------------------ fail fast
+def check_inputs(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Open every source and load and check every benchmark, without Ray and without reading a
+    corpus: a bad path or a broken benchmark fails here, in one line, before hours of work.
+
+    Returns {"sources": {name: {files, bytes}}, "benchmarks": {name: provenance}}.
+    """
+    from med42ray.benchmarks import load_benchmark_with_provenance
+    from med42ray.data import check_inputs as check_data_inputs
+    from med42ray.eval.catalog import config_benchmarks
+
+    summary = check_data_inputs(cfg) if cfg.data.sources else {"sources": {}, "benchmarks": {}}
+    benchmarks = dict(summary.get("benchmarks", {}))
+    for entry in config_benchmarks(cfg):
+        if entry.name not in benchmarks:
+            loaded = load_benchmark_with_provenance(
+                entry.name, entry.path, mirror=cfg.resources.hub_mirror
+            )
+            benchmarks[entry.name] = loaded.provenance.to_dict()
+    return {**summary, "benchmarks": benchmarks}
+
+
 # -------------------------------------------------------------------------------- the recipe
 def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> Path:
     """Data, each strategy's fine-tune, evaluation of base and fine-tunes, report.
@@ -161,6 +183,7 @@ def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> Path:
     """
     from med42ray.report import build_report
 
+    check_inputs(cfg)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())

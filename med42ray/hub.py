@@ -19,3 +19,20 @@ def hub_token() -> str | None:
 def cache_dir() -> Path:
     """Where built artefacts live: `MED42RAY_CACHE`, else `~/.cache/med42ray`."""
     return Path(os.environ.get("MED42RAY_CACHE", Path.home() / ".cache" / "med42ray"))
+
+
+def dataset_location(repo_id: str, mirror: str | None = None) -> str:
+    """Where `datasets.load_dataset` reads hub dataset `repo_id`: the hub itself, or, with a
+    mirror (`resources.hub_mirror`: a folder or object-store prefix), its copy at
+    `<mirror>/datasets/<owner>/<name>`, laid out as the hub repository is (the same files, the
+    dataset card's `configs:` section), so the same loading code reads both."""
+    if not mirror:
+        return repo_id
+    return f"{mirror.rstrip('/')}/datasets/{repo_id}"
+
+
+def model_location(repo_id: str, mirror: str | None = None) -> str:
+    """Where `from_pretrained` reads hub model `repo_id`: the hub, or `<mirror>/models/<id>`."""
+    if not mirror:
+        return repo_id
+    return f"{mirror.rstrip('/')}/models/{repo_id}"

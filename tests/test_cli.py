@@ -164,3 +164,24 @@ def test_train_without_data_is_one_line(tmp_path: Path) -> None:
         result.stderr.strip()
         == f"error: no --data given and no prepared data at {tmp_path / 'data'}/train"
     )
+
+
+def test_benchmarks_show_and_export_what_is_scored(tmp_path: Path) -> None:
+    """`benchmarks show` names each benchmark's source, form, items, hash and first prompt;
+    `benchmarks export` writes the canonical items that evaluation and decontamination use."""
+    from med42ray.benchmarks import load_benchmark
+
+    shown = runner.invoke(app, ["benchmarks", "show", str(CONFIGS / "tiny.yaml")])
+    assert shown.exit_code == 0, shown.output
+    assert "medqa (scored)" in shown.output and "form: json_lines" in shown.output
+    assert shown.output.count("first item, as scored:") == 12
+    exported = runner.invoke(
+        app, ["benchmarks", "export", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path)]
+    )
+    assert exported.exit_code == 0, exported.output
+    rows = [json.loads(x) for x in (tmp_path / "headqa.jsonl").read_text().splitlines()]
+    items = load_benchmark("headqa", str(REPO / "data/tiny/benchmarks/headqa.jsonl"))
+    assert [r["id"] for r in rows] == [i.id for i in items]
+    assert [r["choices"][r["gold"]] for r in rows] == [i.gold_text for i in items]
+    provenance = json.loads((tmp_path / "provenance.json").read_text())
+    assert provenance["headqa"]["items"] == len(items)

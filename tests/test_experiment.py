@@ -203,3 +203,22 @@ def test_report_command_compares_runs(experiment, tmp_path):
         from med42ray.report import build_report
 
         build_report([tmp_path], tmp_path / "r")
+
+
+def test_report_names_where_each_benchmark_came_from(experiment):
+    """Benchmark provenance: each evaluation records source, form, items and content hash, and
+    the report lists them (one row per benchmark, the same for base, full and LoRA)."""
+    from med42ray.benchmarks import load_benchmark_with_provenance
+
+    report = experiment["run_dir"] / "report"
+    table = pd.read_csv(report / "benchmarks.csv")
+    assert "## Benchmarks scored" in (report / "report.md").read_text()
+    groups = {"mmlu_clinical", "usmle", "average"}
+    assert set(table["benchmark"]) == {b for b, _ in PAPER_ROWS} - groups
+    assert len(table) == table["benchmark"].nunique() == 12
+    medqa = table.set_index("benchmark").loc["medqa"]
+    expected = load_benchmark_with_provenance(
+        "medqa", str(CONFIGS.parent / "data/tiny/benchmarks/medqa.jsonl")
+    )
+    assert medqa["sha256"] == expected.provenance.sha256[:16]
+    assert (medqa["form"], int(medqa["items"])) == ("json_lines", expected.provenance.items)

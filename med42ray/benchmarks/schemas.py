@@ -1,6 +1,7 @@
 """One normaliser per benchmark schema: a raw record -> a :class:`BenchmarkItem`.
 
-Every published form a schema reads is handled here, once: evaluation renders prompts from the
+Every published form a schema reads arrives here as rows of one of its hub forms (`forms.py`
+flattens the release files into them), and is handled once: evaluation renders prompts from the
 items, decontamination indexes them, and the data stage's training adapters turn the same items
 into chats (`med42ray.data.adapters`). A record that does not fit raises :class:`RecordError`,
 whose `reason` (`missing_field:<key>`, `wrong_type:<key>`) is what the data stage quarantines
@@ -152,9 +153,12 @@ def medqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
 
 
 def medmcqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
-    """openlifescienceai/medmcqa: `question`, `opa..opd`, `cop` (0-3), `exp`, `subject_name`."""
+    """openlifescienceai/medmcqa: `question`, `opa..opd`, `cop` (0-3; the original release's
+    1-based `cop` is rebased by its reader, `forms.medmcqa_cop_base`), `exp`, `subject_name`."""
     choices = tuple(field_value(rec, k) for k in ("opa", "opb", "opc", "opd"))
     cop = field_value(rec, "cop", int)
+    if cop == -1:
+        raise RecordError("unlabelled:cop", "-1: the hub's test split hides its answers")
     if not 0 <= cop < 4:
         raise RecordError("wrong_type:cop", f"{cop} is not in 0..3")
     return BenchmarkItem(
@@ -172,7 +176,7 @@ def medmcqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
 def pubmedqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
     """qiaojin/PubMedQA (`question`, `context.contexts`, `long_answer`, `final_decision`) and
     BigBio's source schema that lm-eval reads (`QUESTION`, `CONTEXTS`, `LONG_ANSWER`)."""
-    if "QUESTION" in rec:
+    if "QUESTION" in rec or "CONTEXTS" in rec:
         question, contexts = field_value(rec, "QUESTION"), field_value(rec, "CONTEXTS", list)
         item_id = rec.get("PUBMED_ID", rec.get("pubid", index))
         long_answer = optional_text(rec, "LONG_ANSWER")
@@ -198,8 +202,16 @@ def pubmedqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
     )
 
 
+def headqa_id(rec: Mapping[str, Any], index: int) -> str:
+    """`<exam>:<qid>` (qids restart in every exam), as the hub's rows and the release's."""
+    if rec.get("name") is not None and rec.get("qid") is not None:
+        return f"{rec['name']}:{rec['qid']}"
+    return _record_id(rec, "qid", index)
+
+
 def headqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
-    """HEAD-QA (`qtext`, `answers` [{aid, atext}], `ra` the aid of the right answer)."""
+    """HEAD-QA (`qtext`, `answers` [{aid, atext}], `ra` the aid of the right answer, 1-based;
+    `name` the exam): the hub's rows and the release's nested exams, flattened by its reader."""
     answers = field_value(rec, "answers", list)
     try:
         answers = sorted(answers, key=lambda a: int(a["aid"]))
@@ -208,11 +220,11 @@ def headqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
     except (TypeError, KeyError, ValueError):
         raise RecordError("wrong_type:answers", "expected [{aid, atext}, ...]") from None
     right = field_value(rec, "ra", (int, str))
-    if int(right) not in aids:
+    if not str(right).strip().isdigit() or int(right) not in aids:
         raise RecordError("wrong_type:ra", f"{right!r} is not an answer id")
     return BenchmarkItem(
         task,
-        _record_id(rec, "qid", index),
+        headqa_id(rec, index),
         field_value(rec, "qtext"),
         choices,
         tuple(LETTERS[: len(choices)]),

@@ -3,9 +3,12 @@
 Each task is a YAML file in `med42ray/benchmarks/tasks/` with lm-eval's field names
 (`dataset_path`, `dataset_name`, `test_split`, `doc_to_text`, `doc_to_choice`, `description`,
 `metric_list`), plus `schema` (which normaliser reads its records), `title` (its row label in
-the report) and `group` (averaged in the report, e.g. `mmlu_clinical`). As in lm-eval, a task
-may `include:` a template YAML (a file beside it whose name starts with `_`), whose keys the
-task's own keys override. Group titles live in `_groups.yaml`.
+the report), `group` (averaged in the report, e.g. `mmlu_clinical`) and, for a dataset published
+as one labelled split, `test_ids` (a JSON file beside the YAMLs listing the test fold's ids,
+e.g. PubMedQA's `test_ground_truth.json`: `test_split` is then the listed rows of the hub's
+`fewshot_split`, and `fewshot_split` the rest). As in lm-eval, a task may `include:` a template
+YAML (a file beside it whose name starts with `_`), whose keys the task's own keys override.
+Group titles live in `_groups.yaml`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 GROUPS_FILE = TASKS_DIR / "_groups.yaml"
@@ -46,6 +49,15 @@ class TaskSpec(BaseModel):
     doc_to_choice: Literal["labels", "choices"]
     target_delimiter: str = " "
     metric_list: tuple[str, ...] = ("acc",)
+    test_ids: str | None = None
+
+    @model_validator(mode="after")
+    def _test_ids_need_a_split_to_carve(self) -> TaskSpec:
+        if self.test_ids and not self.fewshot_split:
+            raise ValueError("test_ids carves the test fold out of fewshot_split: set it")
+        if self.test_ids and not (TASKS_DIR / self.test_ids).is_file():
+            raise ValueError(f"test_ids: no such file {self.test_ids} in {TASKS_DIR}")
+        return self
 
 
 def list_tasks() -> list[str]:

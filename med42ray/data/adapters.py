@@ -5,16 +5,19 @@ corpus (every key of `med42ray.benchmarks.NORMALISERS`) is read by the very norm
 evaluation and decontamination use, and its `BenchmarkItem` becomes a chat in one place,
 :func:`item_chat`. A record that does not fit raises :class:`BadRecord` (the benchmarks'
 `RecordError`) with a quarantine reason such as `missing_field:question` or `wrong_type:cop`,
-so one malformed line never kills a file.
+so one malformed line never kills a file. A format whose form varies by file has a per-file
+form in :data:`FILE_FORMS` (MedMCQA's `cop`, 1-based in the original release), applied to all
+of a file's records before they are adapted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 from med42ray.benchmarks import LETTERS, NORMALISERS, BenchmarkItem, RecordError
+from med42ray.benchmarks.forms import medmcqa_cop_base
 from med42ray.benchmarks.schemas import field_value, optional_text
 
 ROLES = ("system", "user", "assistant")
@@ -125,6 +128,38 @@ ADAPTERS: dict[str, Callable[[Mapping[str, Any]], Messages]] = {
     **{schema: partial(adapt_benchmark, schema) for schema in NORMALISERS},
 }
 """`SourceConfig.format` -> its adapter (a raw record -> messages, or `BadRecord`)."""
+
+
+# --------------------------------------------------------------------------- per-file forms
+def _int_cop(rec: Any) -> int | None:
+    """A record's `cop` when it is an int (the normaliser quarantines any other)."""
+    cop = rec.get("cop") if isinstance(rec, Mapping) else None
+    return cop if isinstance(cop, int) and not isinstance(cop, bool) else None
+
+
+def medmcqa_zero_based(records: Sequence[Any], file: str) -> list[Any]:
+    """One MedMCQA file's records with `cop` 0-based, the hub's convention that the normaliser
+    reads: the original release's 1-based `cop` (1..4) is shifted down by one. The base is told
+    from all of the file's `cop` values (`medmcqa_cop_base`: a 0 means 0-based, a 4 1-based);
+    a file with both, or with only 1..3, raises `BenchmarkError`, but a Parquet file with only
+    1..3 is taken as the hub's export (the original release is JSON lines), 0-based."""
+    cops = [cop for rec in records if (cop := _int_cop(rec)) is not None]
+    if file.endswith(".parquet") and not {0, 4} & set(cops):
+        return list(records)
+    if medmcqa_cop_base(cops, file) == 0:
+        return list(records)
+    return [
+        {**rec, "cop": cop - 1} if (cop := _int_cop(rec)) is not None and 1 <= cop <= 4 else rec
+        for rec in records
+    ]
+
+
+FILE_FORMS: dict[str, Callable[[Sequence[Any], str], list[Any]]] = {
+    "medmcqa": medmcqa_zero_based,
+}
+"""`SourceConfig.format` -> its per-file form: a file's raw records (and its name, for errors)
+-> the records its adapter reads; `BenchmarkError` when the file's form cannot be told. Hub
+(`hf://`) rows are not files: they are read as they are."""
 
 
 def to_messages(fmt: str, rec: Any, system_prompt: str | None) -> Messages:

@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from med42ray.benchmarks import BenchmarkError, BenchmarkItem, load_benchmark
 from med42ray.config import DecontamConfig, ExperimentConfig, NearDedupConfig
 from med42ray.data.dedup import MinHasher, jaccard
+from med42ray.data.sources import DataError
 from med42ray.data.steps import Decision, Removal, Step, removed
 from med42ray.data.text import (
     batch_words,
@@ -168,17 +170,44 @@ def benchmark_specs(cfg: ExperimentConfig) -> list[tuple[str, str | None]]:
     return [(name, paths.get(name)) for name in dict.fromkeys(names)]
 
 
+def load_items(name: str, path: str | None, mirror: str | None = None) -> list[BenchmarkItem]:
+    """The items of one benchmark to index (from `path`, the hub or its `mirror`); a missing,
+    unreadable, malformed or empty one is a one-line `DataError`."""
+    where = path or "hub"
+    try:
+        items = load_benchmark(name, path=path, mirror=mirror)
+    except BenchmarkError as err:
+        raise DataError(f"decontamination benchmark {name!r}: {err}") from err
+    except Exception as err:  # the reader's own errors: a file that is not JSON or Parquet
+        raise DataError(
+            f"decontamination benchmark {name!r} ({where}): {type(err).__name__}: {err}"
+        ) from err
+    if not items:
+        raise DataError(f"decontamination benchmark {name!r} ({where}): no items")
+    log.info("decontamination: %d items from %s (%s)", len(items), name, where)
+    return items
+
+
 def build_index(cfg: ExperimentConfig) -> DecontamIndex:
     """Load every benchmark once (full test/eval split: `limit` is ignored so that a shortened
     evaluation never shrinks the index) and index it."""
-    from med42ray.benchmarks import load_benchmark
-
-    items = []
-    for name, path in benchmark_specs(cfg):
-        loaded = load_benchmark(name, path=path)
-        log.info("decontamination: %d items from %s (%s)", len(loaded), name, path or "hub")
-        items.extend(loaded)
+    mirror = cfg.resources.hub_mirror
+    items = [item for name, path in benchmark_specs(cfg) for item in load_items(name, path, mirror)]
     return build_index_from_items(items, cfg.data.decontamination, cfg.data.near_dedup)
+
+
+def decontam_index(
+    cfg: ExperimentConfig,
+) -> tuple[list[tuple[str, str | None]], DecontamIndex | None]:
+    """(benchmarks, their index) for `cfg`: none when decontamination is off or has no
+    benchmarks. Needs no Ray."""
+    benchmarks = benchmark_specs(cfg) if cfg.data.decontamination.enabled else []
+    if cfg.data.decontamination.enabled and not benchmarks:
+        log.info(
+            "decontamination: no benchmarks configured (data.decontamination.benchmarks / "
+            "eval.benchmarks): skipped"
+        )
+    return benchmarks, (build_index(cfg) if benchmarks else None)
 
 
 # -------------------------------------------------------------------------------- matching
@@ -285,27 +314,19 @@ class Decontaminate(Step):
 
     category = "decontaminated"
 
-    def __init__(self, index: DecontamIndex | None, concurrency: int = 1):
+    def __init__(
+        self,
+        index: DecontamIndex | None,
+        concurrency: int = 1,
+        benchmarks: Sequence[tuple[str, str | None]] = (),
+    ):
         import ray
 
         # Handed to the actors as an ObjectRef (one `ray.put` on the driver): fetched once per
         # actor, its numpy tables read zero-copy from the object store.
         self.index = ray.get(index) if isinstance(index, ray.ObjectRef) else index
         self.concurrency = concurrency
-        self.benchmarks: list[tuple[str, str | None]] = []
-
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig, concurrency: int) -> Decontaminate:
-        """The step for `cfg`, its benchmarks loaded and indexed (no index when it is off)."""
-        benchmarks = benchmark_specs(cfg) if cfg.data.decontamination.enabled else []
-        if cfg.data.decontamination.enabled and not benchmarks:
-            log.info(
-                "decontamination: no benchmarks configured (data.decontamination.benchmarks / "
-                "eval.benchmarks): skipped"
-            )
-        step = cls(build_index(cfg) if benchmarks else None, concurrency)
-        step.benchmarks = benchmarks
-        return step
+        self.benchmarks = list(benchmarks)  # (name, path) indexed, for the report
 
     def decide(self, batch: pa.Table, live: list[int]) -> Decision:
         msgs = batch.column("messages").combine_chunks().take(pa.array(live))

@@ -7,16 +7,28 @@ total)
            + decontaminated
 
 which :func:`reconcile` asserts, as it asserts that the kept records are the ones written.
+
+A lost file (`med42ray.data.lost`: it could not be opened, or not read as a whole) yields no
+record, so its records are not in `read`: each source lists them apart, with their count,
+
+    lost_files: [{file, bytes, records (when known, else null), reason}, ...]
+    lost_file_count: n
+
+(`files` still lists every resolved file, lost ones included), and `totals` adds up
+`lost_file_count`. A lost file reaches the manifest only when `data.allow_lost_files` names
+its source; otherwise it fails the stage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from med42ray.config import ExperimentConfig
 from med42ray.data.filters import REASONS
+from med42ray.data.lost import LostFile, lost_by_source
 from med42ray.data.sources import SourceFiles
 
 CATEGORIES = (
@@ -76,9 +88,12 @@ def per_source(
     srcs: list[SourceFiles],
     marks: dict[str, Counts],
     written: dict[str, dict[str, int]],
+    lost: Sequence[LostFile] = (),
 ) -> dict[str, Any]:
-    """The manifest's `sources`: each source's counts, reconciled with what was written."""
+    """The manifest's `sources`: each source's counts, reconciled with what was written, and
+    its lost files."""
     sources: dict[str, Any] = {}
+    lost_in = lost_by_source(lost)
     for src, scfg in zip(srcs, cfg.data.sources, strict=True):
         c = source_counts(marks.get(src.name, {}))
         reconcile(c)
@@ -97,6 +112,8 @@ def per_source(
             format=scfg.format,
             weight=scfg.weight,
             max_records=scfg.max_records,
+            lost_files=[f.to_manifest() for f in lost_in.get(src.name, [])],
+            lost_file_count=len(lost_in.get(src.name, [])),
         )
         sources[src.name] = c
     return sources
@@ -104,7 +121,15 @@ def per_source(
 
 def totals(sources: dict[str, Any]) -> dict[str, int]:
     """The manifest's `totals` over every source, reconciled."""
-    keys = ("read", "kept", *CATEGORIES, "kept_train", "kept_eval", "rows_written_train")
+    keys = (
+        "read",
+        "kept",
+        *CATEGORIES,
+        "kept_train",
+        "kept_eval",
+        "rows_written_train",
+        "lost_file_count",
+    )
     total = {k: sum(s[k] for s in sources.values()) for k in keys}
     reasons = next(iter(sources.values()))["filtered_by_reason"]
     by_reason = {r: sum(s["filtered_by_reason"][r] for s in sources.values()) for r in reasons}
@@ -155,6 +180,9 @@ def format_summary(manifest: dict[str, Any]) -> str:
         f"decontamination: {d['removed']} removed (n={d['ngram']}, "
         f"threshold={d['threshold']}) {d.get('per_benchmark', {})}"
     )
+    for name, c in manifest["sources"].items():
+        for f in c.get("lost_files", []):
+            lines.append(f"lost file (allowed): {name}/{f['file']}: {f['reason']}")
     lines.append(
         f"train shards: {len(manifest['outputs']['train'])}, "
         f"eval shards: {len(manifest['outputs']['eval'])}"

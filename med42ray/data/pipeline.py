@@ -1,11 +1,14 @@
 """The data stage: `prepare_data(cfg, out)`, its steps in order.
 
-Sources are read into one Ray Dataset of `sources.RECORD_SCHEMA` rows (unreadable input is
-quarantined). The steps then mark the rows they remove, never dropping them, so the manifest
-can account for every record: sample by weight, cap per source, clean (filters and token
-limits), exact dedup, near dedup, decontaminate. The kept records are written as shards.
-Everything is written to a temp folder that replaces `out` only when complete, so a failed run
-leaves an earlier output intact:
+First every input is checked, before any corpus is read (`inputs.open_inputs`: sources
+resolved and opened, benchmarks loaded and indexed), so a bad path fails in seconds. Sources
+are then read into one Ray Dataset of `sources.RECORD_SCHEMA` rows: unreadable records are
+quarantined; a file unreadable as a whole is lost (`lost`) and fails the stage unless its
+source is in `data.allow_lost_files`. The steps then mark the rows they remove, never dropping
+them, so the manifest can account for every record: sample by weight, cap per source, clean
+(filters and token limits), exact dedup, near dedup, decontaminate. The kept records are
+written as shards. Everything is written to a temp folder that replaces `out` only when
+complete, so a failed run leaves an earlier output intact:
 
     out/train/part-00000.parquet ...   kept records (x epochs), sorted by (epoch, source, file, row)
     out/eval/part-00000.parquet ...    held-out records when `eval_fraction > 0`
@@ -27,7 +30,9 @@ from typing import Any
 from med42ray.config import ExperimentConfig
 from med42ray.data.decontam import Decontaminate
 from med42ray.data.dedup import ExactDedup, NearDedup
-from med42ray.data.filters import CleaningFilter, TokenCounter, check_languages
+from med42ray.data.filters import CleaningFilter, TokenCounter
+from med42ray.data.inputs import open_inputs
+from med42ray.data.lost import check_lost_files, split_lost_files
 from med42ray.data.manifest import (
     build_manifest,
     count_marks,
@@ -37,7 +42,7 @@ from med42ray.data.manifest import (
 from med42ray.data.quarantine import check_quarantine, quarantined, write_quarantine
 from med42ray.data.sampling import CapPerSource, SampleByWeight
 from med42ray.data.shards import write_shards
-from med42ray.data.sources import DataError, read_sources, record_id, resolve_sources
+from med42ray.data.sources import read_sources, record_id
 from med42ray.stages import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -82,18 +87,20 @@ def prepare_data(
     from med42ray.models import resolve_model_path
 
     laps, dcfg, out = Laps(verbose), cfg.data, Path(out)
-    if not dcfg.sources:
-        raise DataError("data.sources: no sources configured")
-    check_languages(dcfg.filters)
-    srcs = resolve_sources(dcfg.sources)
+    inputs = open_inputs(cfg)  # every source opened, every benchmark indexed: fails fast
+    srcs = inputs.sources
+    laps("inputs")
     init_ray(cfg.resources.ray_address)
     pool = concurrency or max(1, min(int(ray.cluster_resources().get("CPU", 1)), 8))
     ids = partial(record_id, srcs)
 
     laps.restart()
-    ds = read_sources(srcs, dcfg.sources, dcfg.system_prompt, num_blocks)
+    skip = [f.path for f in inputs.unopened]
+    ds = read_sources(srcs, dcfg.sources, dcfg.system_prompt, num_blocks, skip)
+    ds, lost = split_lost_files(ds, srcs, inputs.unopened)
     laps("read")
-    check_quarantine(cfg, srcs, ds, out)
+    check_lost_files(dcfg.allow_lost_files, lost)
+    check_quarantine(cfg, srcs, ds, out, lost)
     ds = SampleByWeight({s.name: s.weight for s in dcfg.sources}, cfg.seed).apply(ds)
     caps = {s.name: s.max_records for s in dcfg.sources if s.max_records}
     ds = CapPerSource(caps, cfg.seed).apply(ds)
@@ -108,9 +115,7 @@ def prepare_data(
     if dcfg.near_dedup.enabled:
         ds = near.apply(ds)
         laps("near_dedup")
-    decontaminate = Decontaminate.from_config(cfg, pool)  # loads and indexes the benchmarks
-    if decontaminate.index is not None:
-        laps("decontam_index")
+    decontaminate = Decontaminate(inputs.index, pool, inputs.benchmarks)
     ds = decontaminate.apply(ds).materialize()
     laps("mark" if decontaminate.index is None else "decontaminate")
 
@@ -123,7 +128,7 @@ def prepare_data(
             "decontamination": decontaminate.report(ds, tmp, dcfg.decontamination),
         }
         outputs, written = write_shards(ds, tmp, dcfg, cfg.seed)
-        sources = per_source(cfg, srcs, marks, written)
+        sources = per_source(cfg, srcs, marks, written, lost)
         manifest = build_manifest(cfg, sources, outputs, stats, bad, laps.total())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         (tmp / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")

@@ -3,15 +3,18 @@
 A record that cannot be read or adapted is kept as a `quarantined` row with its reason (see
 `sources`). After reading, :func:`check_quarantine` stops the stage when a source has no
 records, none readable, or more bad ones than `data.max_quarantine_rate`, naming the source,
-its worst files, and a file beside the output with every bad record.
+its worst files, and a file beside the output with every bad record. The rate counts the
+records read: a lost file (`lost`) has none, it is checked on its own.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from med42ray.config import ExperimentConfig
+from med42ray.data.lost import LostFile, lost_by_source
 from med42ray.data.manifest import count_marks
 from med42ray.data.sources import DataError, SourceFiles
 from med42ray.data.steps import removed
@@ -45,11 +48,23 @@ def write_quarantine(rows, path: Path) -> int:
     return n
 
 
-def _problem(src: SourceFiles, raw: dict[tuple[str, str], int], max_rate: float) -> str | None:
+def _no_records(src: SourceFiles, lost: Sequence[LostFile]) -> str:
+    files = ", ".join(
+        f"{p} ({'size unknown' if src.size(i) is None else f'{src.size(i):,} bytes'})"
+        for i, p in enumerate(src.paths[:3])
+    )
+    more = f" and {len(src.paths) - 3} more" if len(src.paths) > 3 else ""
+    gone = f" ({len(lost)} of {len(src.paths)} files lost)" if lost else ""
+    return f"source {src.name!r}: no records in {files}{more}{gone}"
+
+
+def _problem(
+    src: SourceFiles, raw: dict[tuple[str, str], int], max_rate: float, lost: Sequence[LostFile]
+) -> str | None:
     total = sum(raw.values())
     bad = sum(n for (d, _), n in raw.items() if d == "quarantined")
     if not total:
-        return f"source {src.name!r}: no records in {', '.join(src.labels)}"
+        return _no_records(src, lost)
     if bad < total and bad / total <= max_rate:
         return None
     reasons = ", ".join(f"{r}: {n}" for (d, r), n in sorted(raw.items()) if d == "quarantined")
@@ -62,15 +77,29 @@ def _problem(src: SourceFiles, raw: dict[tuple[str, str], int], max_rate: float)
     return f"source {src.name!r} ({where}): {what} [{reasons}]"
 
 
-def check_quarantine(cfg: ExperimentConfig, srcs: list[SourceFiles], ds, out: Path) -> None:
-    """Fail (naming the source and file) on an unreadable source or too much bad input."""
+def check_quarantine(
+    cfg: ExperimentConfig,
+    srcs: list[SourceFiles],
+    ds,
+    out: Path,
+    lost: Sequence[LostFile] = (),
+) -> None:
+    """Fail (naming the source and file) on a source without records, an unreadable source or
+    too much bad input. `lost`: the (allowed) lost files, named when a source has no record."""
     read = count_marks(ds)
-    rate = cfg.data.max_quarantine_rate
-    problems = [p for src in srcs if (p := _problem(src, read.get(src.name, {}), rate))]
-    if problems:
-        rows = quarantined(ds)
-        qpath = out.parent / f"{out.name}.failed-quarantine.jsonl"
-        write_quarantine(rows, qpath)
-        files = rows.groupby(["source", "source_file"]).size().sort_values(ascending=False)
-        worst = "; ".join(f"{s}/{f}: {n} bad" for (s, f), n in files.head(3).items())
-        raise DataError("; ".join(problems) + f". Worst files: {worst}. Details: {qpath}")
+    rate, lost_in = cfg.data.max_quarantine_rate, lost_by_source(lost)
+    problems = [
+        p
+        for src in srcs
+        if (p := _problem(src, read.get(src.name, {}), rate, lost_in.get(src.name, [])))
+    ]
+    if not problems:
+        return
+    rows = quarantined(ds)
+    if rows.empty:  # no bad record to point at (e.g. a source of blank files)
+        raise DataError("; ".join(problems))
+    qpath = out.parent / f"{out.name}.failed-quarantine.jsonl"
+    write_quarantine(rows, qpath)
+    files = rows.groupby(["source", "source_file"]).size().sort_values(ascending=False)
+    worst = "; ".join(f"{s}/{f}: {n} bad" for (s, f), n in files.head(3).items())
+    raise DataError("; ".join(problems) + f". Worst files: {worst}. Details: {qpath}")

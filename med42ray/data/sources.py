@@ -5,8 +5,13 @@ a stable sort key `order`, `messages`, and the marking columns that the steps fi
 read by Ray Data (`read_binary_files`, which handles local paths and `s3://` / `gs://` URIs
 through pyarrow) and parsed line by line on the workers, each record through its adapter
 (`med42ray.data.adapters`); `hf://owner/name` goes through `datasets.load_dataset` and
-`from_huggingface`. A line, record or file that cannot be read is kept as a `quarantined` row
-with its reason, never fatal.
+`from_huggingface`. A line or record that cannot be read is kept as a `quarantined` row with
+its reason, never fatal. A file that cannot be read as a whole (corrupt Parquet, a `.json` that
+is not JSON, JSON lines none of which parses, a MedMCQA file whose `cop` base cannot be told)
+is *lost*: it yields no record, only one `drop == LOST` marker row (`med42ray.data.lost`). A
+file's rows are emitted once the whole file has parsed, so a lost file never leaves a part
+behind. Per-file forms (:data:`~med42ray.data.adapters.FILE_FORMS`, e.g. MedMCQA's 1-based
+`cop`) see all of a file's records before they are adapted.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import glob
 import io
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
-from med42ray.data.adapters import MAX_RECORD_BYTES, BadRecord, to_messages
+from med42ray.benchmarks import BenchmarkError
+from med42ray.data.adapters import FILE_FORMS, MAX_RECORD_BYTES, BadRecord, to_messages
+from med42ray.hub import dataset_location, hub_token
 
 if TYPE_CHECKING:
     from med42ray.config import SourceConfig
@@ -46,9 +53,20 @@ RECORD_SCHEMA = pa.schema(
 )
 """Every row of the pipeline: kept and removed records travel together for the accounting."""
 
+LOST = "lost"
+"""The `drop` of a lost file's one marker row (`row` -1; `detail`: JSON bytes, records, why)."""
+
 
 class DataError(RuntimeError):
     """The data stage cannot go on (unreadable source, too much quarantined input)."""
+
+
+class UnreadableFile(Exception):
+    """A file that cannot be read as a whole; `records` is its record count when known."""
+
+    def __init__(self, why: str, records: int | None = None):
+        super().__init__(why)
+        self.records = records
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,10 @@ class SourceFiles:
     labels: tuple[str, ...]  # short, stable names used in ids and reports
     filesystem: Any = None
     hub: bool = False
+    sizes: tuple[int | None, ...] = ()  # bytes of each file (None: unknown, e.g. the hub)
+
+    def size(self, file_index: int) -> int | None:
+        return self.sizes[file_index] if self.sizes else None
 
 
 def _is_uri(path: str) -> bool:
@@ -72,55 +94,66 @@ def _has_magic(path: str) -> bool:
     return any(c in path for c in "*?[")
 
 
-def resolve_source(index: int, name: str, path: str, fmt: str) -> SourceFiles:
-    """Expand a file, glob, directory or object-store URI to a sorted list of input files."""
-    if path.startswith("hf://"):
-        return SourceFiles(name, index, fmt, (path,), (path.removeprefix("hf://"),), hub=True)
-    if _is_uri(path):
-        import fnmatch
+def _uri_files(path: str) -> tuple[Any, dict[str, int | None]]:
+    """The filesystem of an object-store `path` (file, folder or glob) and its files' sizes."""
+    import fnmatch
 
-        import pyarrow.fs as pafs
+    import pyarrow.fs as pafs
 
-        if _has_magic(path):
-            cut = min(path.index(c) for c in "*?[" if c in path)
-            base_uri = path[:cut].rsplit("/", 1)[0]
-            fs, base = pafs.FileSystem.from_uri(base_uri)
-            pattern = base + path[len(base_uri) :]
-            infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-            files = [i.path for i in infos if i.is_file and fnmatch.fnmatch(i.path, pattern)]
-        else:
-            fs, root = pafs.FileSystem.from_uri(path)
-            info = fs.get_file_info(root)
-            if info.type == pafs.FileType.Directory:
-                infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-                files = [i.path for i in infos if i.is_file and i.path.endswith(EXTENSIONS)]
-            elif info.type == pafs.FileType.File:
-                files = [root]
-            else:
-                files = []
+    if _has_magic(path):
+        cut = min(path.index(c) for c in "*?[" if c in path)
+        base_uri = path[:cut].rsplit("/", 1)[0]
+        fs, base = pafs.FileSystem.from_uri(base_uri)
+        pattern = base + path[len(base_uri) :]
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        infos = [i for i in infos if i.is_file and fnmatch.fnmatch(i.path, pattern)]
     else:
-        fs = None
-        local = path.removeprefix("file://")
-        if _has_magic(local):
-            files = [f for f in glob.glob(local, recursive=True) if os.path.isfile(f)]
-        elif os.path.isdir(local):
-            files = [
-                os.path.join(d, f)
-                for d, _, names in os.walk(local)
-                for f in names
-                if f.endswith(EXTENSIONS) and not f.startswith(".")
-            ]
-        elif os.path.isfile(local):
-            files = [local]
+        fs, root = pafs.FileSystem.from_uri(path)
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.Directory:
+            infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            infos = [i for i in infos if i.is_file and i.path.endswith(EXTENSIONS)]
         else:
-            files = []
-        files = [os.path.abspath(f) for f in files]
-    files = sorted(files)
+            infos = [info] if info.type == pafs.FileType.File else []
+    return fs, {i.path: i.size for i in infos}
+
+
+def _local_files(path: str) -> dict[str, int | None]:
+    """The files of a local `path` (file, folder or glob), absolute, and their sizes."""
+    local = path.removeprefix("file://")
+    if _has_magic(local):
+        files = [f for f in glob.glob(local, recursive=True) if os.path.isfile(f)]
+    elif os.path.isdir(local):
+        files = [
+            os.path.join(d, f)
+            for d, _, names in os.walk(local)
+            for f in names
+            if f.endswith(EXTENSIONS) and not f.startswith(".")
+        ]
+    else:
+        files = [local] if os.path.isfile(local) else []
+    return {os.path.abspath(f): os.path.getsize(f) for f in files}
+
+
+def resolve_source(
+    index: int, name: str, path: str, fmt: str, mirror: str | None = None
+) -> SourceFiles:
+    """Expand a file, glob, directory or object-store URI to a sorted list of input files.
+
+    `hf://owner/name` stays one hub dataset: read from the hub, or from its copy in `mirror`
+    (`resources.hub_mirror`); its label is the hub id either way."""
+    if path.startswith("hf://"):
+        repo = path.removeprefix("hf://")
+        return SourceFiles(name, index, fmt, (dataset_location(repo, mirror),), (repo,), hub=True)
+    fs, sizes = _uri_files(path) if _is_uri(path) else (None, _local_files(path))
+    files = sorted(sizes)
     if not files:
         raise DataError(f"source {name!r}: no input files match {path!r}")
     common = os.path.dirname(files[0]) if len(files) == 1 else os.path.commonpath(files)
     labels = tuple(os.path.relpath(f, common) if common else f for f in files)
-    return SourceFiles(name, index, fmt, tuple(files), labels, fs)
+    return SourceFiles(
+        name, index, fmt, tuple(files), labels, fs, sizes=tuple(map(sizes.get, files))
+    )
 
 
 def order_key(source_index: int, file_index: int, row: int) -> int:
@@ -132,6 +165,16 @@ def record_id(srcs: list[SourceFiles], order: int) -> str:
     """The id of the record with `order` (inverse of `order_key`)."""
     src = srcs[order >> 56]
     return f"{src.name}:{src.labels[(order >> 36) & 0xFFFFF]}:{order & ((1 << 36) - 1)}"
+
+
+class Parsed(NamedTuple):
+    """One record of a file as parsed: its row (line or index) and the raw record, or the
+    reason (and detail) it could not be parsed."""
+
+    row: int
+    rec: Any = None
+    reason: str = ""
+    detail: str = ""
 
 
 class _Emitter:
@@ -161,6 +204,12 @@ class _Emitter:
         c["detail"].append(detail[:300])
         c["dkey"].append("")
 
+    def lose(self, why: str, size: int, records: int | None) -> None:
+        """The one marker row of a lost file: `drop` LOST, `detail` its bytes, records, why."""
+        self.add(-1, reason="unreadable_file")
+        self.cols["drop"][-1] = LOST
+        self.cols["detail"][-1] = json.dumps({"bytes": size, "records": records, "why": why[:300]})
+
     def full(self) -> bool:
         return len(self.cols["id"]) >= _CHUNK
 
@@ -170,74 +219,138 @@ class _Emitter:
         return table
 
 
-def _parse_jsonl(data: bytes, out: _Emitter) -> Iterator[pa.Table]:
+def _count_lines(data: bytes) -> int:
+    return sum(1 for line in data.split(b"\n") if line.strip())
+
+
+def _jsonl_records(data: bytes) -> Iterator[Parsed]:
+    """Each non-blank line; a file with lines but none that parses as JSON is unreadable."""
+    parsed_any, first_error = False, ""
     for row, line in enumerate(data.split(b"\n")):
         if not line.strip():
             continue
         if len(line) > MAX_RECORD_BYTES:
-            out.add(row, reason="oversize", detail=f"line {row + 1}: {len(line)} bytes")
+            yield Parsed(row, reason="oversize", detail=f"line {row + 1}: {len(line)} bytes")
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            first_error = first_error or f"line {row + 1}: {err}"
+            yield Parsed(row, reason="invalid_utf8", detail=f"line {row + 1}: {err}")
+        except ValueError as err:
+            first_error = first_error or f"line {row + 1}: {err}"
+            yield Parsed(row, reason="malformed_json", detail=f"line {row + 1}: {err}")
         else:
-            try:
-                rec = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as err:
-                out.add(row, reason="invalid_utf8", detail=f"line {row + 1}: {err}")
-            except ValueError as err:
-                out.add(row, reason="malformed_json", detail=f"line {row + 1}: {err}")
-            else:
-                out.add(row, rec)
-        if out.full():
-            yield out.flush()
+            parsed_any = True
+            yield Parsed(row, rec)
+    if first_error and not parsed_any:
+        raise UnreadableFile(f"unreadable: no line is JSON ({first_error})", _count_lines(data))
 
 
-def _parse_json(data: bytes, out: _Emitter) -> Iterator[pa.Table]:
-    doc = json.loads(data.decode("utf-8"))
+def _json_records(data: bytes) -> Iterator[Parsed]:
+    """A JSON list of records, or an object holding one under `data`/`rows`/`records`. JSON
+    lines in a `.json` file (MedMCQA's original `train.json`) are read as JSON lines."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except json.JSONDecodeError as err:
+        if err.msg != "Extra data":  # one JSON value, then more: JSON lines
+            raise
+        yield from _jsonl_records(data)
+        return
     if isinstance(doc, Mapping):
         doc = next(
             (doc[k] for k in ("data", "rows", "records") if isinstance(doc.get(k), list)), doc
         )
     if not isinstance(doc, list):
-        raise BadRecord("unreadable_file", "a JSON file must hold a list of records")
+        raise UnreadableFile(f"unreadable: a JSON file holds a {type(doc).__name__}, not a list")
     for row, rec in enumerate(doc):
-        out.add(row, rec)
-        if out.full():
-            yield out.flush()
+        yield Parsed(row, rec)
 
 
-def _parse_parquet(data: bytes, out: _Emitter) -> Iterator[pa.Table]:
+def _parquet_records(data: bytes) -> Iterator[Parsed]:
     import pyarrow.parquet as pq
 
     row = 0
     for batch in pq.ParquetFile(io.BytesIO(data)).iter_batches(batch_size=_CHUNK):
         for rec in batch.to_pylist():
-            out.add(row, rec)
+            yield Parsed(row, rec)
             row += 1
-        yield out.flush()
+
+
+def _file_records(data: bytes, path: str) -> Iterator[Parsed]:
+    """The records of one file, by its extension (any other than Parquet or JSON: JSON lines)."""
+    if path.endswith(".parquet"):
+        return _parquet_records(data)
+    return _json_records(data) if path.endswith(".json") else _jsonl_records(data)
+
+
+def _known_records(data: bytes, path: str) -> int | None:
+    """How many records an unreadable file holds, when that can be told: a Parquet footer's row
+    count, a JSON-lines file's non-blank lines; None for a `.json` file or a broken footer."""
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_metadata(io.BytesIO(data)).num_rows
+        except Exception:
+            return None
+    return None if path.endswith(".json") else _count_lines(data)
+
+
+def _in_file_form(parsed: Iterable[Parsed], fmt: str, file: str) -> Iterable[Parsed]:
+    """`parsed` through `fmt`'s per-file form (`FILE_FORMS`), which sees all of the file's
+    records at once; as it is for a format without one."""
+    form = FILE_FORMS.get(fmt)
+    if form is None:
+        return parsed
+    items = list(parsed)
+    ok = [i for i, p in enumerate(items) if not p.reason]
+    try:
+        recs = form([items[i].rec for i in ok], file)
+    except BenchmarkError as err:
+        raise UnreadableFile(f"{fmt} form undecidable: {err}", len(items)) from err
+    for i, rec in zip(ok, recs, strict=True):
+        items[i] = items[i]._replace(rec=rec)
+    return items
+
+
+def parse_file(
+    data: bytes, src: SourceFiles, file_index: int, system_prompt: str | None
+) -> list[pa.Table]:
+    """One file's record rows (bad records quarantined); when the file cannot be read as a
+    whole, only its LOST marker row."""
+    path, out = src.paths[file_index], _Emitter(src, file_index, system_prompt)
+    tables = []
+    try:
+        for parsed in _in_file_form(_file_records(data, path), src.fmt, src.labels[file_index]):
+            out.add(*parsed)
+            if out.full():
+                tables.append(out.flush())
+    except UnreadableFile as err:
+        why, records = str(err), err.records
+    except Exception as err:  # a corrupt file: lost whole, the others go on
+        why, records = f"unreadable: {type(err).__name__}: {err}", _known_records(data, path)
+    else:
+        return [*tables, out.flush()]
+    lost = _Emitter(src, file_index, system_prompt)
+    lost.lose(why, len(data), records)
+    return [lost.flush()]
+
+
+def _file_index(src: SourceFiles, path: str) -> int:
+    """The index in `src.paths` of a path as a reader hands it back."""
+    try:
+        return src.paths.index(path)
+    except ValueError:  # readers may drop a scheme or a leading slash
+        return next(i for i, p in enumerate(src.paths) if p.endswith(path.lstrip("/")))
 
 
 def parse_files(batch: pa.Table, src: SourceFiles, system_prompt: str | None) -> Iterator[pa.Table]:
-    """Ray Data UDF: file bytes (`read_binary_files` rows) -> record rows, bad ones quarantined."""
-    index = {p: i for i, p in enumerate(src.paths)}
+    """Ray Data UDF: file bytes (`read_binary_files` rows) -> record rows (`parse_file`)."""
     for data, path in zip(
         batch.column("bytes").to_pylist(), batch.column("path").to_pylist(), strict=True
     ):
-        file_index = index.get(path)
-        if file_index is None:  # readers may drop a scheme or a leading slash
-            file_index = next(i for i, p in enumerate(src.paths) if p.endswith(path.lstrip("/")))
-        out = _Emitter(src, file_index, system_prompt)
-        parser = (
-            _parse_parquet
-            if path.endswith(".parquet")
-            else _parse_json
-            if path.endswith(".json")
-            else _parse_jsonl
-        )
-        try:
-            yield from parser(data, out)
-        except BadRecord as bad:
-            out.add(-1, reason=bad.reason, detail=bad.detail)
-        except Exception as err:  # a corrupt file: quarantine it whole, keep going
-            out.add(-1, reason="unreadable_file", detail=f"{type(err).__name__}: {err}")
-        yield out.flush()
+        yield from parse_file(data, src, _file_index(src, path), system_prompt)
 
 
 def parse_hub_rows(batch: pa.Table, src: SourceFiles, system_prompt: str | None) -> pa.Table:
@@ -255,16 +368,15 @@ def read_source(
     subset: str | None,
     system_prompt: str | None,
     num_blocks: int | None = None,
+    skip: Collection[str] = (),
 ):
-    """A Ray Dataset of `RECORD_SCHEMA` rows for one source (lazy)."""
+    """A Ray Dataset of `RECORD_SCHEMA` rows for one source, but its files in `skip` (lazy)."""
     import ray
 
     if src.hub:
         import datasets
 
-        from med42ray.hub import hub_token
-
-        hub = datasets.load_dataset(src.labels[0], subset, split=split, token=hub_token())
+        hub = datasets.load_dataset(src.paths[0], subset, split=split, token=hub_token())
         hub = hub.add_column("__row__", list(range(len(hub))))
         ds = ray.data.from_huggingface(hub)
         return ds.map_batches(
@@ -273,7 +385,7 @@ def read_source(
             fn_kwargs={"src": src, "system_prompt": system_prompt},
         )
     ds = ray.data.read_binary_files(
-        list(src.paths),
+        [p for p in src.paths if p not in skip],
         include_paths=True,
         filesystem=src.filesystem,
         override_num_blocks=num_blocks or None,
@@ -286,9 +398,11 @@ def read_source(
     )
 
 
-def resolve_sources(sources: Sequence[SourceConfig]) -> list[SourceFiles]:
+def resolve_sources(
+    sources: Sequence[SourceConfig], mirror: str | None = None
+) -> list[SourceFiles]:
     """The input files of every configured source, in config order (which fixes `order`)."""
-    return [resolve_source(i, s.name, s.path, s.format) for i, s in enumerate(sources)]
+    return [resolve_source(i, s.name, s.path, s.format, mirror) for i, s in enumerate(sources)]
 
 
 def read_sources(
@@ -296,10 +410,12 @@ def read_sources(
     sources: Sequence[SourceConfig],
     system_prompt: str | None,
     num_blocks: int | None = None,
+    skip: Collection[str] = (),
 ):
-    """Every source read into one materialised Ray Dataset of `RECORD_SCHEMA` rows."""
+    """Every source read into one materialised Ray Dataset of `RECORD_SCHEMA` rows; the files
+    in `skip` (lost already: they could not be opened) are left out."""
     parts = [
-        read_source(src, s.split, s.subset, system_prompt, num_blocks)
+        read_source(src, s.split, s.subset, system_prompt, num_blocks, skip)
         for src, s in zip(srcs, sources, strict=True)
     ]
     ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]

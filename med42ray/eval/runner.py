@@ -8,7 +8,8 @@ streams them through a Ray Data pipeline whose ``map_batches`` stage is a pool o
 finished batch is written at once as a Parquet part under ``OUT/parts/<run key>/`` (atomically,
 named by the hash of its request keys), so a crash loses at most the batches in flight and a
 rerun scores only the requests no part holds yet. The run key hashes the model, adapter, engine,
-scoring mode (and its settings) and prompt formats: a changed prompt never reuses stale scores.
+scoring mode (and its settings), prompt formats and the benchmarks' content hashes: a changed prompt
+or a corrected benchmark file never reuses stale scores.
 The scoring mode then reads each item's prediction from its parts; :mod:`~med42ray.eval.metrics`
 makes the summary.
 
@@ -49,6 +50,7 @@ from med42ray.benchmarks import (
     TaskSpec,
     cloze_task,
     load_benchmark,
+    load_benchmark_with_provenance,
     load_task,
 )
 from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig
@@ -63,44 +65,52 @@ PART_COLUMNS = ["key", "task", "item_id", "option", "loglikelihood", "generation
 
 
 # --------------------------------------------------------------------------- preparation
-def fewshot_items(spec: TaskSpec, path: str | None, k: int) -> list[BenchmarkItem]:
+def fewshot_items(
+    spec: TaskSpec, path: str | None, k: int, mirror: str | None = None
+) -> list[BenchmarkItem]:
     """The pool few-shot examples are drawn from: the task's `fewshot_split`.
 
-    With a local test file `X.jsonl`, the pool is the sibling `X.<fewshot_split>.jsonl`.
+    With a local release folder (MMLU's `data/`), the split is read from the same folder; with a
+    local test file `X.jsonl`, the pool is the sibling `X.<fewshot_split>.jsonl`.
     """
     if not k:
         return []
     if not spec.fewshot_split:
         raise BenchmarkError(f"{spec.task}: {k}-shot asked, but the task has no few-shot split")
+    if path and Path(path).is_dir():
+        return load_benchmark(spec.task, path, split=spec.fewshot_split)
     if path:
         local = Path(path)
         sibling = local.with_name(f"{local.stem}.{spec.fewshot_split}{local.suffix}")
         if not sibling.exists():
             raise BenchmarkError(f"{spec.task}: {k}-shot needs few-shot examples in {sibling}")
         return load_benchmark(spec.task, str(sibling))
-    return load_benchmark(spec.task, split=spec.fewshot_split)
+    return load_benchmark(spec.task, split=spec.fewshot_split, mirror=mirror)
 
 
 def prepare_tasks(cfg: ExperimentConfig, tokenizer: Any) -> list[TaskRun]:
     """Every benchmark of ``cfg.eval.benchmarks``: its spec, items and rendered prompts."""
     if not cfg.eval.benchmarks:
         raise BenchmarkError("eval.benchmarks is empty: nothing to evaluate")
+    mirror = cfg.resources.hub_mirror
     runs = []
     for bench in cfg.eval.benchmarks:
         spec = load_task(bench.name)
         if cfg.eval.prompt_format == "cloze":
             spec = cloze_task(spec)
-        items = load_benchmark(bench.name, bench.path, bench.limit)
+        loaded = load_benchmark_with_provenance(bench.name, bench.path, mirror=mirror)
+        items = loaded.items[: bench.limit] if bench.limit else loaded.items
         fmt = PromptFormat(
             spec,
             num_fewshot=cfg.eval.num_fewshot,
             seed=cfg.eval.seed,
             use_chat_template=cfg.eval.use_chat_template,
             system_prompt=cfg.data.system_prompt if cfg.eval.use_chat_template else None,
-            fewshot_items=fewshot_items(spec, bench.path, cfg.eval.num_fewshot),
+            fewshot_items=fewshot_items(spec, bench.path, cfg.eval.num_fewshot, mirror),
             tokenizer=tokenizer,
         )
-        runs.append(TaskRun(spec, fmt, items, [fmt.render(i) for i in items]))
+        provenance = {**loaded.provenance.to_dict(), "scored": len(items)}
+        runs.append(TaskRun(spec, fmt, items, [fmt.render(i) for i in items], provenance))
     return runs
 
 
@@ -125,6 +135,7 @@ def run_key(
         "max_model_len": cfg.eval.max_model_len,
         "dtype": cfg.model.dtype,
         "prompts": {t.spec.task: t.fmt.version for t in tasks},
+        "benchmarks": {t.spec.task: t.provenance.get("sha256") for t in tasks},
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -365,6 +376,7 @@ def run_eval(
         "items": len(predictions),
         "wall_s": wall,
         "prompt_formats": {t.spec.task: [t.fmt.name, t.fmt.version] for t in tasks},
+        "benchmarks": {t.spec.task: t.provenance for t in tasks},
     }
     write_outputs(out, cfg, predictions, summary, record)
     return summary

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from med42ray.benchmarks import BenchmarkItem, TaskSpec
@@ -48,6 +48,8 @@ class TaskRun:
     fmt: PromptFormat
     items: list[BenchmarkItem]
     prompts: list[Prompt]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Where the items came from: source, form, items, dropped, sha256 (the loader's)."""
 
 
 @dataclass(frozen=True)

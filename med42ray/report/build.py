@@ -187,6 +187,31 @@ def read_data(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, An
     return pd.DataFrame(counts), pd.DataFrame(removed), settings
 
 
+def read_provenance(runs: list[Run]) -> pd.DataFrame:
+    """Where each scored benchmark came from (the evaluations' `eval.json`): source, form,
+    items scored, items dropped by reason, content hash. One row per distinct benchmark file."""
+    rows = []
+    for run in runs:
+        for folder in run.stages("eval").values():
+            record = json.loads((folder / "eval.json").read_text())
+            for name, p in record.get("benchmarks", {}).items():
+                dropped = ", ".join(f"{k}: {v}" for k, v in sorted(p.get("dropped", {}).items()))
+                rows.append(
+                    {
+                        "benchmark": name,
+                        "source": p.get("source", ""),
+                        "form": p.get("form", ""),
+                        "items": int(p.get("items", 0)),
+                        "scored": int(p.get("scored", p.get("items", 0))),
+                        "dropped": dropped or "none",
+                        "sha256": str(p.get("sha256", ""))[:16],
+                    }
+                )
+    columns = ["benchmark", "source", "form", "items", "scored", "dropped", "sha256"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.drop_duplicates().reset_index(drop=True)
+
+
 # ---------------------------------------------------------------------------------- numbers
 def all_numbers(
     scores: pd.DataFrame, costs: pd.DataFrame, counts: pd.DataFrame, removed: pd.DataFrame
@@ -250,6 +275,47 @@ def eval_settings(config: dict[str, Any]) -> str:
     )
 
 
+def accuracy_sections(runs: list[Run], scores: pd.DataFrame, config: dict, out: Path) -> list[str]:
+    """The accuracy table (paper order), its bar chart and the USMLE-by-step table."""
+    models = order_models(list(dict.fromkeys(scores["model"])))
+    parts = [
+        _section(
+            "Accuracy (%, ± standard error)",
+            eval_settings(config)
+            + " Group rows are unweighted means of their members.\n\n"
+            + to_markdown(accuracy_table(scores))
+            + "\n\n"
+            + headline(scores)
+            + "\n\n![accuracy](accuracy.png)",
+        )
+    ]
+    order = {b: i for i, (b, _) in enumerate(PAPER_ROWS)}
+    plot_scores = with_average(scores)
+    plot_scores = plot_scores[plot_scores["benchmark"].isin(order)]
+    plot_scores = plot_scores.sort_values("benchmark", key=lambda b: b.map(order))
+    accuracy_bars(plot_scores, out / "accuracy.png", models, dict(PAPER_ROWS))
+    steps = read_usmle_steps(runs)
+    if len(steps):
+        wide = steps.assign(cell=steps.apply(_cell, axis=1)).pivot_table(
+            index=["benchmark", "step"], columns="model", values="cell", aggfunc="first"
+        )
+        wide = wide[[m for m in models if m in wide.columns]].reset_index()
+        parts.append(_section("USMLE by step", to_markdown(wide)))
+    return parts
+
+
+def data_section(counts: pd.DataFrame, removed: pd.DataFrame, decon: dict[str, Any]) -> str:
+    """Records per source, decontamination removals per benchmark, and the settings."""
+    settings = "; ".join(
+        f"{k}: {', '.join(f'{key}={v}' for key, v in s.items())}" for k, s in decon.items()
+    )
+    body = "Records per source (read = kept + every removed category).\n\n" + to_markdown(counts)
+    if len(removed):
+        body += "\n\nDecontamination removals per benchmark:\n\n" + to_markdown(removed)
+    body += f"\n\nDecontamination settings: {settings}."
+    return _section("Data", body)
+
+
 def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
     """Write `report.md`, its figures (PNG) and tables (CSV) into `out`; return `out`."""
     runs = load_runs([Path(d) for d in run_dirs])
@@ -258,12 +324,14 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     scores = read_scores(runs)
     costs, history = read_training(runs)
     counts, removed, decon = read_data(runs)
+    provenance = read_provenance(runs)
 
     scores.to_csv(out / "accuracy.csv", index=False)
     costs.to_csv(out / "training.csv", index=False)
     history.to_csv(out / "loss_history.csv", index=False)
     counts.to_csv(out / "data.csv", index=False)
     removed.to_csv(out / "decontamination.csv", index=False)
+    provenance.to_csv(out / "benchmarks.csv", index=False)
     all_numbers(with_average(scores), costs, counts, removed).to_csv(
         out / "numbers.csv", index=False
     )
@@ -277,30 +345,7 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
         "in `numbers.csv`.\n"
     )
     if len(scores):
-        models = order_models(list(dict.fromkeys(scores["model"])))
-        parts.append(
-            _section(
-                "Accuracy (%, ± standard error)",
-                eval_settings(first)
-                + " Group rows are unweighted means of their members.\n\n"
-                + to_markdown(accuracy_table(scores))
-                + "\n\n"
-                + headline(scores)
-                + "\n\n![accuracy](accuracy.png)",
-            )
-        )
-        order = {b: i for i, (b, _) in enumerate(PAPER_ROWS)}
-        plot_scores = with_average(scores)
-        plot_scores = plot_scores[plot_scores["benchmark"].isin(order)]
-        plot_scores = plot_scores.sort_values("benchmark", key=lambda b: b.map(order))
-        accuracy_bars(plot_scores, out / "accuracy.png", models, dict(PAPER_ROWS))
-        steps = read_usmle_steps(runs)
-        if len(steps):
-            wide = steps.assign(cell=steps.apply(_cell, axis=1)).pivot_table(
-                index=["benchmark", "step"], columns="model", values="cell", aggfunc="first"
-            )
-            wide = wide[[m for m in models if m in wide.columns]].reset_index()
-            parts.append(_section("USMLE by step", to_markdown(wide)))
+        parts += accuracy_sections(runs, scores, first, out)
     if len(costs):
         parts.append(
             _section(
@@ -313,16 +358,16 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
         )
         loss_curves(history, out / "loss_curves.png")
     if len(counts):
-        settings = "; ".join(
-            f"{k}: {', '.join(f'{key}={v}' for key, v in s.items())}" for k, s in decon.items()
+        parts.append(data_section(counts, removed, decon))
+    if len(provenance):
+        parts.append(
+            _section(
+                "Benchmarks scored",
+                "Source, form detected, items (scored after any `limit`), items dropped by "
+                "the loader and why, and a content hash of the items.\n\n"
+                + to_markdown(provenance),
+            )
         )
-        body = "Records per source (read = kept + every removed category).\n\n" + to_markdown(
-            counts
-        )
-        if len(removed):
-            body += "\n\nDecontamination removals per benchmark:\n\n" + to_markdown(removed)
-        body += f"\n\nDecontamination settings: {settings}."
-        parts.append(_section("Data", body))
     parts.append(_section("Package versions", _versions_table(runs)))
     parts.append(
         _section(

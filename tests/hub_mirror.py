@@ -1,0 +1,134 @@
+"""Build a hub mirror for the tests: `datasets/<owner>/<name>/` folders laid out as the hub
+repositories are (Parquet files per config and split, a README.md dataset card whose `configs:`
+section maps them), filled from the real release files in `data/real/` and a few chat rows
+written by us, so the code path that reads a hub repository is the one under test."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "real"
+MMLU_SUBJECTS = (
+    "anatomy",
+    "clinical_knowledge",
+    "college_biology",
+    "college_medicine",
+    "medical_genetics",
+    "professional_medicine",
+)
+CHAT_ROWS = [
+    {"instruction": "Answer the question.", "input": "What does HbA1c measure?",
+     "output": "Average blood glucose over about three months."},
+    {"instruction": "Answer the question.", "input": "Name a loop diuretic.",
+     "output": "Furosemide."},
+]  # fmt: skip
+
+
+def write_repo(root: Path, repo: str, configs: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:
+    """`root/datasets/<repo>`: one Parquet file per config and split, and the card."""
+    folder = root / "datasets" / repo
+    card = []
+    for config, splits in configs.items():
+        files = []
+        for split, rows in splits.items():
+            rel = f"{config}/{split}-00000-of-00001.parquet"
+            (folder / config).mkdir(parents=True, exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows), folder / rel)
+            files.append({"split": split, "path": rel})
+        card.append({"config_name": config, "data_files": files})
+    (folder / "README.md").write_text(
+        "---\n" + yaml.safe_dump({"configs": card}, sort_keys=False) + "---\n# mirror\n"
+    )
+    return folder
+
+
+def mmlu_rows(subject: str) -> list[dict[str, Any]]:
+    """cais/mmlu rows from the original header-less CSV."""
+    path = REAL / "mmlu" / "data" / "test" / f"{subject}_test.csv"
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [
+            {"question": q, "subject": subject, "choices": [a, b, c, d], "answer": "ABCD".index(x)}
+            for q, a, b, c, d, x in csv.reader(fh)
+        ]
+
+
+def medmcqa_rows() -> list[dict[str, Any]]:
+    """openlifescienceai/medmcqa validation rows (0-based cop) from the original dev.json."""
+    rows = []
+    for line in (REAL / "medmcqa" / "data" / "dev.json").read_text().splitlines():
+        rec = json.loads(line)
+        rows.append({**rec, "cop": rec["cop"] - 1, "exp": rec["exp"] or ""})
+    return rows
+
+
+def pubmedqa_rows() -> list[dict[str, Any]]:
+    """qiaojin/PubMedQA pqa_labeled rows (1,000) from the original ori_pqal.json."""
+    doc = json.loads((REAL / "pubmedqa" / "data" / "ori_pqal.json").read_text())
+    return [
+        {
+            "pubid": int(pmid),
+            "question": v["QUESTION"],
+            "context": {"contexts": v["CONTEXTS"], "labels": v["LABELS"], "meshes": v["MESHES"]},
+            "long_answer": v["LONG_ANSWER"],
+            "final_decision": v["final_decision"],
+        }
+        for pmid, v in doc.items()
+    ]
+
+
+def headqa_rows() -> list[dict[str, Any]]:
+    """EleutherAI/headqa `en` test rows from the original nested HEAD_EN test file."""
+    doc = json.loads((REAL / "headqa" / "data" / "HEAD_EN" / "test_HEAD_EN.json").read_text())
+    return [
+        {"name": name, "year": exam["year"], "category": exam["category"],
+         "qid": int(q["qid"]), "qtext": q["qtext"], "ra": int(q["ra"]), "image": q["image"],
+         "answers": q["answers"]}
+        for name, exam in doc["exams"].items()
+        for q in exam["data"]
+    ]  # fmt: skip
+
+
+def build_recipe_mirror(root: Path) -> Path:
+    """A mirror of every hub dataset the paper recipes name (sources and benchmarks)."""
+    medqa = REAL / "medqa" / "data_clean" / "questions" / "US" / "4_options"
+    medqa_test = [
+        json.loads(line)
+        for line in (medqa / "phrases_no_exclude_test.jsonl").read_text().splitlines()
+    ]
+    for repo in (
+        "medalpaca/medical_meadow_medical_flashcards",
+        "medalpaca/medical_meadow_wikidoc",
+        "lavita/ChatDoctor-HealthCareMagic-100k",
+    ):
+        write_repo(root, repo, {"default": {"train": CHAT_ROWS}})
+    write_repo(
+        root,
+        "GBaker/MedQA-USMLE-4-options",
+        {"default": {"train": medqa_test[:20], "test": medqa_test}},
+    )
+    medmcqa = medmcqa_rows()
+    write_repo(
+        root,
+        "openlifescienceai/medmcqa",
+        {"default": {"train": medmcqa[:20], "validation": medmcqa}},
+    )
+    labeled = pubmedqa_rows()
+    write_repo(
+        root,
+        "qiaojin/PubMedQA",
+        {"pqa_labeled": {"train": labeled}, "pqa_artificial": {"train": labeled[:20]}},
+    )
+    write_repo(
+        root,
+        "cais/mmlu",
+        {s: {"test": mmlu_rows(s), "dev": mmlu_rows(s)[:5]} for s in MMLU_SUBJECTS},
+    )
+    write_repo(root, "EleutherAI/headqa", {"en": {"test": headqa_rows()}})
+    return root
