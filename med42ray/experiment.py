@@ -94,6 +94,7 @@ def train_stage(cfg: ExperimentConfig, run_dir: Path, data: StageResult, base_id
             data.folder / "train",
             folder,
             eval_data=held_out if held_out.is_dir() else None,
+            data_key=data.key,
         )
         return {
             "strategy": strategy,

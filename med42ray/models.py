@@ -43,6 +43,15 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_identity(name_or_path: str, revision: str | None = None) -> str:
+    """What identifies the weights at `name_or_path`: a local folder's content hash (so new
+    weights written into the same folder are new weights), else the hub id at `revision`."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return f"sha256:{folder_digest(path)}"
+    return f"{name_or_path}@{revision or 'main'}"
+
+
 def resolve_model_path(cfg: ModelConfig) -> str:
     """Hub id or folder to hand to `from_pretrained`; builds the tiny model when asked for.
 

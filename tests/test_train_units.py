@@ -320,3 +320,43 @@ def test_small_local_files_are_read_by_the_driver(ray_session, tmp_path, monkeyp
     assert not isinstance(data.read_chat_dataset(chat), MaterializedDataset)
     assert isinstance(data.read_chat_dataset(chat, in_driver=True), MaterializedDataset)
     assert not data.small_local_files(["s3://bucket/chat.jsonl"])  # remote: streamed
+
+
+def test_ray_train_runs_are_named_by_what_the_weights_depend_on() -> None:
+    """Full and LoRA never share a Ray Train run; changed settings or data train a new run;
+    only the run's length (and how often it logs or checkpoints) continues the same one."""
+    from med42ray.config import with_overrides
+    from med42ray.train.trainer import run_name
+
+    from .conftest import small_config
+
+    cfg = small_config()
+    data = {"train/part-00000.parquet": "abc"}
+    name = run_name(cfg, data)
+    assert name.startswith(f"{cfg.name}-full-")
+    assert run_name(cfg, data) == name
+    longer = {"train.max_steps": 99, "train.checkpoint_every": 3, "train.max_failures": 2}
+    assert run_name(with_overrides(cfg, longer), data) == name
+    for changed in (
+        {"train.strategy": "lora"},
+        {"train.optimizer.lr": 1e-5},
+        {"train.deepspeed.zero_stage": 3},
+        {"seed": 7},
+        {"resources.num_workers": 4},
+    ):
+        assert run_name(with_overrides(cfg, changed), data) != name, changed
+    assert run_name(cfg, {"train/part-00000.parquet": "abd"}) != name
+    fresh = with_overrides(cfg, {"train.resume": False})
+    assert run_name(fresh, data).startswith(name + "-")
+
+
+def test_eval_keys_local_weights_by_content_not_path(tmp_path) -> None:
+    from med42ray.models import weights_identity
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"old weights")
+    before = weights_identity(str(folder))
+    (folder / "model.safetensors").write_bytes(b"new weights")
+    assert weights_identity(str(folder)) != before
+    assert weights_identity("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf@main"

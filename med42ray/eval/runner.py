@@ -7,9 +7,10 @@ streams them through a Ray Data pipeline whose ``map_batches`` stage is a pool o
 (:mod:`~med42ray.eval.engines`) and scoring its batches the way the scoring mode says. Every
 finished batch is written at once as a Parquet part under ``OUT/parts/<run key>/`` (atomically,
 named by the hash of its request keys), so a crash loses at most the batches in flight and a
-rerun scores only the requests no part holds yet. The run key hashes the model, adapter, engine,
-scoring mode (and its settings), prompt formats and the benchmarks' content hashes: a changed prompt
-or a corrected benchmark file never reuses stale scores.
+rerun scores only the requests no part holds yet. The run key hashes the weights (a local
+folder by its content, not its path: retrained weights in the same folder are scored anew), the
+engine, the scoring mode (and its settings), the prompt formats and the benchmarks' content
+hashes: a changed prompt or a corrected benchmark file never reuses stale scores.
 The scoring mode then reads each item's prediction from its parts; :mod:`~med42ray.eval.metrics`
 makes the summary.
 
@@ -127,9 +128,11 @@ def run_key(
     cfg: ExperimentConfig,
 ) -> str:
     """Hash of everything a stored score depends on: the name of the run's parts folder."""
+    from med42ray.models import weights_identity
+
     blob = {
-        "model": model_path,
-        "adapter": str(Path(adapter).resolve()) if adapter and Path(adapter).exists() else adapter,
+        "model": weights_identity(model_path, cfg.model.revision),
+        "adapter": weights_identity(adapter) if adapter else None,
         "engine": cfg.eval.engine,
         **scoring.key_settings(),
         "max_model_len": cfg.eval.max_model_len,

@@ -9,9 +9,11 @@ workers (`TorchTrainer`), and copies what the final checkpoint holds into `out`:
     out/train_result.json, out/config.yaml
     out/ray_results/    Ray Train storage (checkpoints), unless `resources.storage_path`
 
-With `train.resume: true` (the default) a run reuses the Ray Train run folder
-`<storage>/<name>-train`, so calling `run_training` again over the same `out` continues from its
-latest checkpoint (e.g. with a larger `max_steps`); `resume: false` starts a fresh run folder.
+The Ray Train run is named by what its weights depend on (`run_name`: the model, the strategy,
+every training setting but its length, the seed, the world size and the data). With
+`train.resume: true` (the default) calling `run_training` again with the same inputs continues
+that run from its latest checkpoint (e.g. with a larger `max_steps`); changed settings or data,
+or the other strategy, train a run of their own; `resume: false` always starts a fresh one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from med42ray.cluster import init_ray
 from med42ray.config import ExperimentConfig
 from med42ray.models import resolve_model_path
+from med42ray.stages import fingerprint_inputs, stage_key
 from med42ray.train.checkpoint import METRICS_FILE, Exported, export_checkpoint
 from med42ray.train.data import read_chat_dataset
 
@@ -71,9 +74,46 @@ def _cpus_left_for_data(train_cpus: float) -> bool:
     return ray.cluster_resources().get("CPU", 0) - train_cpus >= 1
 
 
-def run_name(cfg: ExperimentConfig) -> str:
-    base = f"{cfg.name}-train"
+#: `train` settings that say how long or how often, not what is trained: a rerun that changes
+#: only these continues the same Ray Train run (e.g. a larger `max_steps`).
+RUN_LENGTH_FIELDS = frozenset(
+    {
+        "max_steps",
+        "epochs",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "resume",
+        "max_failures",
+    }
+)
+
+
+def run_key(cfg: ExperimentConfig, data: dict[str, Any]) -> str:
+    """What a Ray Train run's weights depend on: the model, the strategy and every training
+    setting but its length, the seed, the world size and the data (`data`: content hashes)."""
+    blob = {
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude=set(RUN_LENGTH_FIELDS)),
+        "seed": cfg.seed,
+        "world": [cfg.resources.num_workers, cfg.resources.use_gpu],
+        "data": data,
+    }
+    return stage_key(blob)
+
+
+def run_name(cfg: ExperimentConfig, data: dict[str, Any]) -> str:
+    """`<name>-<strategy>-<run key>`: a rerun with the same inputs resumes that run; changed
+    settings or data (or the other strategy) train a run of their own, never the old weights.
+    With `train.resume: false` every call starts a fresh run."""
+    base = f"{cfg.name}-{cfg.train.strategy}-{run_key(cfg, data)}"
     return base if cfg.train.resume else f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def data_identity(*paths: str | Path | None) -> dict[str, Any]:
+    """Content hashes of the training (and held-out) files; URIs by name."""
+    return fingerprint_inputs(str(p) for p in paths if p is not None)
 
 
 def build_trainer(
@@ -128,7 +168,7 @@ def build_trainer(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=worker
         ),
         run_config=ray.train.RunConfig(
-            name=name or run_name(cfg),
+            name=name or run_name(cfg, data_identity(train_data, eval_data)),
             storage_path=storage_path or res.storage_path or str(Path(out) / "ray_results"),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
@@ -144,12 +184,17 @@ def run_training(
     train_data: str | Path,
     out: Path,
     eval_data: str | Path | None = None,
+    data_key: str | None = None,
 ) -> TrainResult:
-    """Fine-tune `cfg.model` on the chat data at `train_data`; write the export under `out`."""
+    """Fine-tune `cfg.model` on the chat data at `train_data`; write the export under `out`.
+
+    The Ray Train run is named by `run_name`: from `data_key` (a data stage's content key)
+    when given, else from the content of the data files."""
     started = time.perf_counter()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    trainer = build_trainer(cfg, train_data, out, eval_data=eval_data)
+    data = {"data_stage": data_key} if data_key else data_identity(train_data, eval_data)
+    trainer = build_trainer(cfg, train_data, out, eval_data=eval_data, name=run_name(cfg, data))
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
