@@ -44,6 +44,14 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config field: `--set train.epochs=1` (YAML value)."),
 ]
+OverlayOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--set-file",
+        help="A YAML overlay merged onto the config before `--set` (e.g. a cluster's "
+        "resources and storage, kept apart from the recipe); repeatable.",
+    ),
+]
 
 
 class UsageFailure(Exception):
@@ -75,12 +83,13 @@ def config_validate(
         ),
     ] = False,
     overrides: SetOpt = None,
+    overlays: OverlayOpt = None,
 ) -> None:
     """Validate one or more experiment configs; print `ok` per file."""
     from med42ray.experiment import check_inputs
 
     for path in configs:
-        cfg = load_config(path, parse_overrides(overrides))
+        cfg = load_config(path, parse_overrides(overrides), overlays or [])
         if deep:
             summary = check_inputs(cfg)
             typer.echo(f"ok  {path}  ({summary_line(summary)})")
@@ -97,11 +106,13 @@ def summary_line(summary: dict[str, Any]) -> str:
 
 
 @benchmarks_app.command("show")
-def benchmarks_show(config: ConfigArg, overrides: SetOpt = None) -> None:
+def benchmarks_show(
+    config: ConfigArg, overrides: SetOpt = None, overlays: OverlayOpt = None
+) -> None:
     """Each benchmark of CONFIG: source, form detected, items, dropped, checksum, first prompt."""
     from med42ray.eval.catalog import describe, format_rows
 
-    cfg = load_config(config, parse_overrides(overrides))
+    cfg = load_config(config, parse_overrides(overrides), overlays or [])
     tokenizer = None
     if cfg.eval.use_chat_template:
         from med42ray.models import load_tokenizer
@@ -111,37 +122,43 @@ def benchmarks_show(config: ConfigArg, overrides: SetOpt = None) -> None:
 
 
 @benchmarks_app.command("export")
-def benchmarks_export(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> None:
+def benchmarks_export(
+    config: ConfigArg, out: OutOpt, overrides: SetOpt = None, overlays: OverlayOpt = None
+) -> None:
     """Write the canonical items of CONFIG's benchmarks as JSONL (+ provenance.json) into OUT."""
     from med42ray.eval.catalog import export
 
-    cfg = load_config(config, parse_overrides(overrides))
+    cfg = load_config(config, parse_overrides(overrides), overlays or [])
     provenance = export(cfg, out)
     for name, row in provenance.items():
         typer.echo(f"{out / (name + '.jsonl')}: {row['items']} items ({row['sha256'][:12]})")
 
 
 @config_app.command("show")
-def config_show(config: ConfigArg, overrides: SetOpt = None) -> None:
+def config_show(config: ConfigArg, overrides: SetOpt = None, overlays: OverlayOpt = None) -> None:
     """Print the resolved config (defaults filled in, overrides applied) as YAML."""
-    typer.echo(load_config(config, parse_overrides(overrides)).to_yaml(), nl=False)
+    typer.echo(load_config(config, parse_overrides(overrides), overlays or []).to_yaml(), nl=False)
 
 
 @model_app.command("build-tiny")
-def model_build_tiny(config: ConfigArg, overrides: SetOpt = None) -> None:
+def model_build_tiny(
+    config: ConfigArg, overrides: SetOpt = None, overlays: OverlayOpt = None
+) -> None:
     """Build the embedded tiny model of CONFIG (cached) and print its folder."""
     from med42ray.tiny import build_tiny_model
 
-    cfg = load_config(config, parse_overrides(overrides))
+    cfg = load_config(config, parse_overrides(overrides), overlays or [])
     typer.echo(str(build_tiny_model(cfg.model.tiny)))
 
 
 @data_app.command("prepare")
-def data_prepare(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> None:
+def data_prepare(
+    config: ConfigArg, out: OutOpt, overrides: SetOpt = None, overlays: OverlayOpt = None
+) -> None:
     """Normalise, filter, deduplicate and decontaminate the config's corpora into OUT."""
     from med42ray.data import prepare_data
 
-    cfg = load_config(config, parse_overrides(overrides))
+    cfg = load_config(config, parse_overrides(overrides), overlays or [])
     prepare_data(cfg, out)  # prints progress and the per-source summary
 
 
@@ -153,6 +170,7 @@ def train_command(
     data: DataOpt = None,
     eval_data: EvalDataOpt = None,
     overrides: SetOpt = None,
+    overlays: OverlayOpt = None,
 ) -> None:
     """Fine-tune the config's model (full under DeepSpeed ZeRO, or LoRA) on Ray Train."""
     from med42ray.train import run_training
@@ -160,7 +178,7 @@ def train_command(
     extra = parse_overrides(overrides)
     if strategy:
         extra["train.strategy"] = strategy
-    cfg = load_config(config, extra)
+    cfg = load_config(config, extra, overlays or [])
     train_data, held_out = resolve_train_data(out, data, eval_data)
     result = run_training(cfg, train_data, out, eval_data=held_out)
     typer.echo(json.dumps(result.to_json(), indent=2, default=str))
@@ -185,12 +203,15 @@ def sweep_command(
     data: DataOpt = None,
     eval_data: EvalDataOpt = None,
     overrides: SetOpt = None,
+    overlays: OverlayOpt = None,
 ) -> None:
     """Run a Ray Tune sweep whose trials launch the train stage's TorchTrainer."""
     from med42ray.tune.space import apply_trial, load_sweep
     from med42ray.tune.sweep import run_sweep
 
-    cfg = apply_trial(load_sweep(sweep), parse_overrides(overrides), source=str(sweep))
+    cfg = apply_trial(
+        load_sweep(sweep, overlays or []), parse_overrides(overrides), source=str(sweep)
+    )
     train_data, held_out = resolve_train_data(out, data, eval_data)
     run_sweep(cfg, out, train_data, held_out, resume=resume)
     typer.echo((out / "trials.md").read_text())
@@ -204,6 +225,7 @@ def eval_command(
     adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter on top.")] = None,
     engine: Annotated[str | None, typer.Option(help="`hf` or `vllm`.")] = None,
     overrides: SetOpt = None,
+    overlays: OverlayOpt = None,
 ) -> None:
     """Score a model (base, full fine-tune, LoRA adapter or merged) on the config's benchmarks."""
     from med42ray.eval import run_eval
@@ -211,13 +233,15 @@ def eval_command(
     extra = parse_overrides(overrides)
     if engine:
         extra["eval.engine"] = engine
-    cfg = load_config(config, extra)
+    cfg = load_config(config, extra, overlays or [])
     run_eval(cfg, out, model=model, adapter=adapter)
     typer.echo((out / "summary.md").read_text())
 
 
 @app.command("run")
-def run_command(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> None:
+def run_command(
+    config: ConfigArg, out: OutOpt, overrides: SetOpt = None, overlays: OverlayOpt = None
+) -> None:
     """The whole experiment: data, full and LoRA fine-tuning, evaluation of all, report.
 
     Stages are cached in OUT by their inputs: rerunning skips what finished and resumes what
@@ -225,7 +249,7 @@ def run_command(config: ConfigArg, out: OutOpt, overrides: SetOpt = None) -> Non
     """
     from med42ray.experiment import run_experiment
 
-    cfg = load_config(config, parse_overrides(overrides))
+    cfg = load_config(config, parse_overrides(overrides), overlays or [])
     report = run_experiment(cfg, out)
     typer.echo((report / "report.md").read_text().split("\n## Training cost")[0])
     typer.echo(f"report: {report / 'report.md'}")
@@ -250,11 +274,16 @@ def report_command(
 
 
 @app.command()
-def doctor(config: ConfigArg, out: OutOpt = Path("outputs/doctor"), overrides: SetOpt = None):
+def doctor(
+    config: ConfigArg,
+    out: OutOpt = Path("outputs/doctor"),
+    overrides: SetOpt = None,
+    overlays: OverlayOpt = None,
+):
     """Check the set-up end to end: config, Ray, model load, one real optimiser step."""
     from med42ray.doctor import run_doctor
 
-    cfg = load_config(config, parse_overrides(overrides))
+    cfg = load_config(config, parse_overrides(overrides), overlays or [])
     summary = run_doctor(cfg, out)
     typer.echo(json.dumps(summary, indent=2))
 

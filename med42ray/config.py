@@ -8,8 +8,10 @@ the file, the field path and the reason.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,20 +98,49 @@ class NearDedupConfig(Section):
 
 
 class DecontamConfig(Section):
+    """Benchmark decontamination. A record is removed when it holds enough of ONE benchmark
+    item: `min_coverage` of the item's distinctive n-grams, or `min_contiguous_words` contiguous
+    words of it (or its whole stem when shorter), or a short item whole. n-grams found in more
+    than `max_item_frequency` items (exam boilerplate) are no evidence on their own."""
+
     enabled: bool = True
     ngram: int = Field(default=13, ge=1, description="Word n-gram size (13 as in GPT-3).")
     threshold: float = Field(
         default=0.0,
         ge=0,
         lt=1,
-        description="Remove when the share of an item's n-grams found in a record exceeds this; "
-        "0 removes on any shared n-gram.",
+        description="Legacy share threshold: when > 0 it is used as `min_coverage`; 0 defers "
+        "to `min_coverage`.",
+    )
+    min_coverage: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Remove when the record holds at least this share of one item's "
+        "(non-frequent) n-grams; 0 removes on any shared non-frequent n-gram.",
+    )
+    min_contiguous_words: int = Field(
+        default=50,
+        ge=0,
+        description="Remove on a contiguous match of this many words of one item (or of its "
+        "whole stem when the stem is shorter); 0 turns the rule off.",
+    )
+    max_item_frequency: int = Field(
+        default=2,
+        ge=0,
+        description="n-grams found in more than this many distinct items are boilerplate, not "
+        "evidence on their own; 0 keeps every n-gram.",
     )
     fuzzy: bool = False
     fuzzy_threshold: float = Field(default=0.8, gt=0, le=1)
     benchmarks: list[str] | None = Field(
         default=None, description="Benchmarks to index; default: those in `eval.benchmarks`."
     )
+
+    @property
+    def coverage(self) -> float:
+        """The share rule in force: the legacy `threshold` when set, else `min_coverage`."""
+        return self.threshold if self.threshold > 0 else self.min_coverage
 
 
 class DataConfig(Section):
@@ -474,21 +505,50 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentCon
         raise ConfigError(format_validation_error(source, err)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read and validate an experiment YAML, applying dotted-key `overrides` on top."""
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A YAML mapping from `path`; unreadable or invalid files are one-line `ConfigError`s."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read config: {err.strerror or err}") from None
+        raise ConfigError(f"{path}: cannot read {what}: {err.strerror or err}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}".replace("\n", " ")) from None
     raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: `override` on top of `base`, merging nested dicts key by key (lists and
+    scalars are replaced)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(
+    path: str | Path,
+    overrides: dict[str, Any] | None = None,
+    overlays: Sequence[str | Path] = (),
+) -> ExperimentConfig:
+    """Read and validate an experiment YAML: `overlays` (YAML files, e.g. a cluster's resources
+    and storage kept apart from the recipe) merged on top in order, then dotted-key `overrides`.
+    Errors name the recipe and the overlays."""
+    raw = read_yaml(path)
+    for overlay in overlays:
+        raw = deep_merge(raw, read_yaml(overlay, "overlay"))
+    source = " + ".join(str(p) for p in (path, *overlays))
     for key, value in (overrides or {}).items():
-        set_dotted(raw, key, value, source=str(path))
-    return parse_config(raw, str(path))
+        set_dotted(raw, key, value, source=source)
+    return parse_config(raw, source)
 
 
 def set_dotted(raw: Any, key: str, value: Any, source: str = "<config>") -> None:

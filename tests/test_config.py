@@ -147,3 +147,28 @@ def test_run_overrides_are_validated_per_strategy(tmp_path: Path) -> None:
         load_config(CONFIGS / "tiny.yaml", {"run.strategies": ["lora", "lora"]})
     with pytest.raises(ConfigError, match=r"run\.overrides\.dpo"):
         load_config(CONFIGS / "tiny.yaml", {"run.overrides": {"dpo": {}}})
+
+
+def test_overlays_merge_onto_the_recipe_before_overrides(tmp_path: Path) -> None:
+    """One recipe, a per-cluster overlay: nested sections merge key by key, lists are
+    replaced, `--set` still wins, and errors name the recipe and the overlay."""
+    recipe = CONFIGS / "llama2-7b-full.yaml"
+    overlay = tmp_path / "cluster.yaml"
+    overlay.write_text(
+        "model: {name_or_path: tiny}\n"
+        "resources: {num_workers: 2, use_gpu: false, storage_path: s3://bucket/runs}\n"
+        "eval: {benchmarks: [{name: medqa}]}\n"
+    )
+    cfg = load_config(recipe, {"resources.num_workers": 3}, [overlay])
+    base = load_config(recipe)
+    assert cfg.model.name_or_path == "tiny" and cfg.model.dtype == base.model.dtype
+    assert cfg.resources.storage_path == "s3://bucket/runs" and cfg.resources.num_workers == 3
+    assert cfg.resources.cpus_per_worker == base.resources.cpus_per_worker
+    assert [b.name for b in cfg.eval.benchmarks] == ["medqa"]
+    assert cfg.train == base.train
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("resources: {num_wokers: 2}\n")
+    with pytest.raises(ConfigError, match=rf"{recipe} \+ {bad}: resources\.num_wokers: unknown"):
+        load_config(recipe, overlays=[bad])
+    with pytest.raises(ConfigError, match="cannot read overlay"):
+        load_config(recipe, overlays=[tmp_path / "missing.yaml"])

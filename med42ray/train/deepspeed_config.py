@@ -9,23 +9,11 @@ top: its keys win, nested sections merge key by key.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Any
 
-from med42ray.config import TrainConfig
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """A new dict: `override` on top of `base`, merging nested dicts key by key."""
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+from med42ray.config import TrainConfig, deep_merge
 
 
 def load_user_config(path: str | Path) -> dict[str, Any]:

@@ -7,6 +7,7 @@ is the experiment with the trial's values set, validated like any other config.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ from med42ray.config import with_overrides as apply_trial
 SWEEP_KEYS = {"experiment", "overrides", "tune"}
 
 
-def load_sweep(path: str | Path) -> ExperimentConfig:
+def load_sweep(path: str | Path, overlays: Sequence[str | Path] = ()) -> ExperimentConfig:
     """The experiment config of a sweep file, with its overrides and `tune` section applied.
 
     An experiment config (with its own `tune` section) is accepted as a sweep file too.
+    `overlays` (YAML files) are merged onto the experiment config first, as `load_config` does.
     """
     path = Path(path)
     try:
@@ -31,7 +33,7 @@ def load_sweep(path: str | Path) -> ExperimentConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}".replace("\n", " ")) from None
     if not isinstance(raw, dict) or "experiment" not in raw:
-        cfg = load_config(path)
+        cfg = load_config(path, overlays=overlays)
     else:
         unknown = sorted(set(raw) - SWEEP_KEYS)
         if unknown:
@@ -40,7 +42,7 @@ def load_sweep(path: str | Path) -> ExperimentConfig:
         overrides = dict(raw.get("overrides") or {})
         for key, value in (raw.get("tune") or {}).items():
             overrides[f"tune.{key}"] = value
-        cfg = load_config(experiment, overrides)
+        cfg = load_config(experiment, overrides, overlays)
     check_search_space(cfg, str(path))
     return cfg
 
