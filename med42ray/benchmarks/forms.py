@@ -28,7 +28,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -172,20 +172,34 @@ def read_folder(spec: TaskSpec, folder: Path, split: str) -> Rows:
     return replace(rows, source=str(folder))
 
 
+def _release_split(split: str) -> str:
+    return "dev" if split == "validation" else split
+
+
+#: Per schema: the file names (relative patterns, by preference) of a split in its original
+#: release, from the task spec and the split.
+RELEASE_NAMES: dict[str, Callable[[TaskSpec, str], list[str]]] = {
+    "mmlu": lambda spec, split: [
+        f"{spec.dataset_name}_{'val' if split == 'validation' else split}.csv"
+    ],
+    "medqa": lambda spec, split: [
+        f"4_options/phrases_no_exclude_{_release_split(split)}.jsonl",
+        f"phrases_no_exclude_{_release_split(split)}.jsonl",
+    ],
+    "medmcqa": lambda spec, split: [f"{_release_split(split)}.json"],
+    "headqa": lambda spec, split: [
+        f"{_release_split(split)}_HEAD{'_EN' if spec.dataset_name == 'en' else ''}.json"
+    ],
+    "pubmedqa": lambda spec, split: (
+        ["test_set.json", "ori_pqal.json"] if split == spec.test_split else ["ori_pqal.json"]
+    ),
+}
+
+
 def release_names(spec: TaskSpec, split: str) -> list[str]:
     """The file names (relative patterns, by preference) of `split` in the original release."""
-    dev = "dev" if split == "validation" else split
-    if spec.schema_ == "mmlu":
-        return [f"{spec.dataset_name}_{'val' if split == 'validation' else split}.csv"]
-    if spec.schema_ == "medqa":
-        return [f"4_options/phrases_no_exclude_{dev}.jsonl", f"phrases_no_exclude_{dev}.jsonl"]
-    if spec.schema_ == "medmcqa":
-        return [f"{dev}.json"]
-    if spec.schema_ == "headqa":
-        return [f"{dev}_HEAD_EN.json" if spec.dataset_name == "en" else f"{dev}_HEAD.json"]
-    if spec.schema_ == "pubmedqa":
-        return ["test_set.json", "ori_pqal.json"] if split == spec.test_split else ["ori_pqal.json"]
-    return []
+    names = RELEASE_NAMES.get(spec.schema_)
+    return names(spec, split) if names else []
 
 
 def pick_file(spec: TaskSpec, folder: Path, split: str) -> Path:
