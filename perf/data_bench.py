@@ -247,7 +247,11 @@ def main() -> None:
     mean = np.mean([sum(len(m["content"].split()) for m in r) for r in words])
     print(f"mean words per record: {mean:.0f}")
 
-    dc = DecontamConfig(ngram=args.ngram)
+    # the baseline's rule: any shared n-gram removes a record (no frequency exclusion, no
+    # coverage or contiguity threshold), so that both sides must remove the very same records
+    dc = DecontamConfig(
+        ngram=args.ngram, min_coverage=0.0, min_contiguous_words=0, max_item_frequency=0
+    )
     init_ray(num_cpus=args.cpus)
     ray.data.DataContext.get_current().enable_progress_bars = False
     t = time.perf_counter()

@@ -8,22 +8,27 @@ Shaped like datatrove's `NGramsDecontIndexer` / `NGramsDecontFilter`:
   n-grams from the question, from the answer and across the question/answer boundary). Stems
   shorter than `n` words are indexed whole (matched as a contiguous word sequence), as is a
   short stem + gold answer. Texts go through the stage's one normaliser (`text.normalize`).
+  The sort that builds each table also counts the distinct items of every n-gram: those in
+  more than `max_item_frequency` items (exam boilerplate: "which of the following is the most
+  likely ...", vital-sign lines) are flagged and never count as evidence on their own.
 * :class:`Decontaminate` (the step; a Ray Data actor) receives the index once through the
   object store and checks the joined text of every record (all turns, so n-grams across the
-  user/assistant boundary count). With `threshold == 0` any shared n-gram removes the
-  record; otherwise the share of an item's indexed n-grams found in the record must exceed
-  the threshold. With `fuzzy`, the user turn's MinHash is compared (LSH) with each item's
-  stem + options.
+  user/assistant boundary count). A record is removed when it holds enough of ONE item: a
+  share `min_coverage` of the item's evidence n-grams (`ngram_coverage`); a contiguous match of
+  `min_contiguous_words` words, or of the item's whole stem when shorter (`contiguous`: option
+  order does not matter); an evidence n-gram joining the stem to the gold answer (`answer`); a
+  short item whole (`whole`). With `fuzzy`, the user turn's MinHash is compared (LSH) with each
+  item's stem + options. Each removal records its rule, share, span and reason.
 
-Work is vectorised per batch: one `hash_array` call for all words, a rolling n-gram hash, and
-one `searchsorted` against the sorted index per n-gram length.
+Work is vectorised per batch: one `hash_array` call for all words, a rolling n-gram hash, one
+`searchsorted` pair against the sorted index per n-gram length, and the per (record, item)
+evidence folded with numpy. `scripts/decontam_real.py` measures the rule on real exam data.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +55,11 @@ BITMAP_SIZE = 1 << 24
 """A 16 MiB presence bitmap per n-gram length screens lookups before the binary search."""
 MIN_WHOLE_WORDS = 6
 """A stem shorter than `n` words is matched whole only when it has at least this many words."""
+GRAM_STEM, GRAM_ANSWER = 1, 2
+MIN_ANSWER_WORDS = 3
+"""A stem-to-answer n-gram holds this many answer words (all, when shorter): one word could
+be an option label."""
+"""Kinds of indexed n-grams: inside the stem; joining the stem to the gold answer; else 0."""
 
 
 @dataclass
@@ -57,11 +67,17 @@ class DecontamIndex:
     """Hashed n-grams (and whole short sequences) -> benchmark items; read-only once built."""
 
     n: int
-    threshold: float
+    min_coverage: float = 0.0
+    min_contiguous_words: int = 0
+    max_item_frequency: int = 0
     tasks: list[str] = field(default_factory=list)
     item_ids: list[str] = field(default_factory=list)
-    totals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    totals: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # evidence grams
+    stem_words: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     tables: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    frequent: dict[int, np.ndarray] = field(default_factory=dict)  # per table row: boilerplate
+    kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # n-gram rows: GRAM_*
+    excluded: int = 0  # distinct n-grams (and whole sequences) excluded as frequent
     bitmaps: dict[int, np.ndarray] = field(default_factory=dict)  # hash & MASK -> maybe present
     per_task: dict[str, int] = field(default_factory=dict)
     fuzzy_threshold: float | None = None
@@ -98,54 +114,95 @@ def build_index_from_items(
     """Index `BenchmarkItem`s (anything with task, id, question, choices, gold_text).
 
     All items' sequences are hashed at once: one word-hash pass, one rolling n-gram pass, and
-    a sort per n-gram length that dedupes (hash, item) pairs and orders the lookup table.
+    a sort per n-gram length that dedupes (hash, item) pairs, orders the lookup table and
+    counts the distinct items of each hash (those in more than `max_item_frequency` items are
+    flagged frequent: kept for contiguity, never counted as evidence).
     """
-    n = dc.ngram
-    index = DecontamIndex(n=n, threshold=dc.threshold)
+    n, items = dc.ngram, list(items)
+    index = DecontamIndex(
+        n=n,
+        min_coverage=dc.coverage,
+        min_contiguous_words=dc.min_contiguous_words,
+        max_item_frequency=dc.max_item_frequency,
+    )
     seq_words: list[str] = []
     seq_item: list[int] = []
     seq_len: list[int] = []
-    fuzzy_texts = []
+    seq_answer: list[bool] = []
+    stems: list[int] = []
     for idx, item in enumerate(items):
         index.tasks.append(item.task)
         index.item_ids.append(str(item.id))
         index.per_task[item.task] = index.per_task.get(item.task, 0) + 1
-        for seq in item_sequences(item.question, item.choices, item.gold_text, n):
+        stems.append(len(normalize(item.question).split()))
+        for k, seq in enumerate(item_sequences(item.question, item.choices, item.gold_text, n)):
             seq_words += seq
             seq_item.append(idx)
             seq_len.append(len(seq))
-        if dc.fuzzy:
-            fuzzy_texts.append(item.question + " " + " ".join(item.choices))
+            seq_answer.append(k == 1 and stems[-1] >= n)  # the stem + gold answer sequence
+    index.stem_words = np.asarray(stems, dtype=np.int32)
     totals = np.zeros(len(index.item_ids), dtype=np.int32)
-    for length, hashes, owners in _sequence_grams(seq_words, seq_item, seq_len, n):
-        order = np.lexsort((owners, hashes))
-        hashes, owners = hashes[order], owners[order]
-        first = np.ones(len(hashes), dtype=bool)
-        first[1:] = (hashes[1:] != hashes[:-1]) | (owners[1:] != owners[:-1])
-        hashes, owners = hashes[first], owners[first]
-        totals += np.bincount(owners, minlength=len(totals)).astype(np.int32)
+    grams = _sequence_grams(seq_words, seq_item, seq_len, seq_answer, index.stem_words, n)
+    for length, hashes, owners, kind in grams:
+        hashes, owners, kind, frequent = _table(hashes, owners, kind, dc.max_item_frequency)
+        if length == n:
+            index.kind = kind
+        totals += np.bincount(owners[~frequent], minlength=len(totals)).astype(np.int32)
+        index.excluded += len(np.unique(hashes[frequent]))
         index.tables[length] = (hashes, owners.astype(np.int32))
+        index.frequent[length] = frequent
         bitmap = np.zeros(BITMAP_SIZE, dtype=np.bool_)
         bitmap[(hashes & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)] = True
         index.bitmaps[length] = bitmap
     index.totals = totals
     if dc.fuzzy:
-        cfg = fuzzy_cfg or NearDedupConfig()
-        hasher = MinHasher(cfg.num_perm, cfg.shingle_size)
-        sigs = [hasher.signature(normalize(t).split()) for t in fuzzy_texts]
-        index.fuzzy_sigs = np.stack(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
-        index.fuzzy_threshold, index.fuzzy_cfg = dc.fuzzy_threshold, cfg
-        for i, sig in enumerate(sigs):
-            for b, key in enumerate(hasher.bands(sig, cfg.bands)):
-                index.fuzzy_lsh.setdefault((b, key), []).append(i)
+        texts = [item.question + " " + " ".join(item.choices) for item in items]
+        _add_fuzzy(index, texts, dc, fuzzy_cfg or NearDedupConfig())
     return index
 
 
+def _table(
+    hashes: np.ndarray, owners: np.ndarray, kind: np.ndarray, max_items: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(hashes, owners, kind) sorted with duplicate pairs dropped (keeping the highest kind),
+    and which rows are frequent: a hash owned by more than `max_items` distinct items (none
+    when it is 0)."""
+    order = np.lexsort((-kind, owners, hashes))
+    hashes, owners, kind = hashes[order], owners[order], kind[order]
+    first = np.ones(len(hashes), dtype=bool)
+    first[1:] = (hashes[1:] != hashes[:-1]) | (owners[1:] != owners[:-1])
+    hashes, owners, kind = hashes[first], owners[first], kind[first]
+    if not max_items or not len(hashes):
+        return hashes, owners, kind, np.zeros(len(hashes), dtype=bool)
+    new = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]]))
+    counts = np.diff(np.concatenate([new, [len(hashes)]]))
+    return hashes, owners, kind, np.repeat(counts > max_items, counts)
+
+
+def _add_fuzzy(
+    index: DecontamIndex, texts: list[str], dc: DecontamConfig, cfg: NearDedupConfig
+) -> None:
+    """MinHash signatures of the items' stem + options, and their LSH buckets."""
+    hasher = MinHasher(cfg.num_perm, cfg.shingle_size)
+    sigs = [hasher.signature(normalize(t).split()) for t in texts]
+    index.fuzzy_sigs = np.stack(sigs) if sigs else np.zeros((0, cfg.num_perm), np.uint32)
+    index.fuzzy_threshold, index.fuzzy_cfg = dc.fuzzy_threshold, cfg
+    for i, sig in enumerate(sigs):
+        for b, key in enumerate(hasher.bands(sig, cfg.bands)):
+            index.fuzzy_lsh.setdefault((b, key), []).append(i)
+
+
 def _sequence_grams(
-    words: list[str], seq_item: list[int], seq_len: list[int], n: int
-) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
-    """(gram length, gram hashes, owning items) for concatenated sequences: every `n`-gram of
-    the sequences of `n` words or more, and each shorter sequence whole."""
+    words: list[str],
+    seq_item: list[int],
+    seq_len: list[int],
+    seq_answer: list[bool],
+    stem_words: np.ndarray,
+    n: int,
+) -> Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(gram length, gram hashes, owning items, `GRAM_*` kind) for concatenated sequences:
+    every `n`-gram of the sequences of `n` words or more (each starts with its item's stem; a
+    `seq_answer` one continues with the gold answer), and each shorter sequence whole."""
     hashes = hash_words(words)
     lens = np.asarray(seq_len, dtype=np.int64)
     owner_item = np.asarray(seq_item, dtype=np.int64)
@@ -155,11 +212,17 @@ def _sequence_grams(
     if len(grams):
         pos = np.flatnonzero(within_one_sequence(owner, np.arange(len(grams)), n))
         pos = pos[lens[owner[pos]] >= n]
-        yield n, grams[pos], owner_item[owner[pos]]
+        items = owner_item[owner[pos]]
+        into_tail = pos - starts[owner[pos]] + n - stem_words[items]  # words past the stem
+        in_stem = into_tail <= 0
+        tail = np.minimum(lens[owner[pos]] - stem_words[items], MIN_ANSWER_WORDS)
+        answer = np.asarray(seq_answer, dtype=bool)[owner[pos]] & (into_tail >= tail)
+        kind = np.where(in_stem, GRAM_STEM, np.where(answer, GRAM_ANSWER, 0)).astype(np.int8)
+        yield n, grams[pos], items, kind
     for length in sorted(set(lens[lens < n].tolist())):
         seqs = np.flatnonzero(lens == length)
         whole = ngram_hashes(hashes, length)[starts[seqs]]
-        yield length, whole, owner_item[seqs]
+        yield length, whole, owner_item[seqs], np.zeros(len(seqs), dtype=np.int8)
 
 
 def benchmark_specs(cfg: ExperimentConfig) -> list[tuple[str, str | None]]:
@@ -213,11 +276,15 @@ def decontam_index(
 # -------------------------------------------------------------------------------- matching
 @dataclass
 class Match:
+    """Why a record was removed: the item, the rule that fired and its evidence."""
+
     benchmark: str
     item_id: str
-    method: str  # "ngram" | "whole" | "fuzzy"
+    method: str  # "ngram_coverage" | "contiguous" | "whole" | "fuzzy"
     span: str
-    share: float = 1.0
+    share: float = 1.0  # the item's evidence n-grams found (fuzzy: MinHash Jaccard)
+    words: int = 0  # the longest contiguous match, in words
+    reason: str = ""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -227,85 +294,208 @@ class Match:
                 "method": self.method,
                 "match": self.span,
                 "share": round(self.share, 4),
+                "words": self.words,
+                "reason": self.reason,
             }
         )
 
 
-def match_batch(
-    index: DecontamIndex, texts: Sequence[str], user_texts: Sequence[str] | None = None
-) -> list[Match | None]:
-    """The first contamination found in each text (None when clean), vectorised per batch."""
-    hashes, lengths, words = batch_words(texts)
-    owner = np.repeat(np.arange(len(texts)), lengths)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(texts) else lengths
-    results: list[Match | None] = [None] * len(texts)
-    seen: dict[int, set[tuple[int, int, int]]] = defaultdict(set)  # rec -> {(len, hash, item)}
-    spans: dict[int, dict[int, tuple[int, int]]] = defaultdict(dict)  # rec -> item -> span
+SPAN_WORDS = 60
+"""Words of the matched span kept in a `Match`."""
+
+
+@dataclass
+class Hits:
+    """Every (batch window, index row) pair found: parallel arrays."""
+
+    pos: np.ndarray  # first word of the window in the batch
+    length: np.ndarray
+    item: np.ndarray
+    gram: np.ndarray
+    frequent: np.ndarray
+    kind: np.ndarray  # GRAM_* of n-gram rows, 0 for whole sequences
+
+
+def lookup(index: DecontamIndex, hashes: np.ndarray, owner: np.ndarray) -> Hits:
+    """The windows of a batch's words (`owner`: the record of each word) found in the index, one
+    row per item owning them; a bitmap screens, one `searchsorted` pair per gram length."""
+    parts = []
     for length in sorted(index.tables, reverse=True):
         table, items = index.tables[length]
         grams = ngram_hashes(hashes, length)
         if not len(grams) or not len(table):
             continue
-        maybe = np.flatnonzero(
-            index.bitmaps[length][(grams & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)]
-        )
+        mask = index.bitmaps[length][(grams & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)]
+        maybe = np.flatnonzero(mask)
         maybe = maybe[within_one_sequence(owner, maybe, length)]  # windows within one record
         left = np.searchsorted(table, grams[maybe])
-        ok = left < len(table)
-        ok[ok] = table[left[ok]] == grams[maybe[ok]]
-        hit_pos, left = maybe[ok], left[ok]
-        if not len(hit_pos):
+        count = np.searchsorted(table, grams[maybe], side="right") - left
+        pos = np.repeat(maybe, count)
+        rows = np.repeat(left - (np.cumsum(count) - count), count) + np.arange(count.sum())
+        kind = index.kind[rows] if length == index.n else np.zeros(len(rows), np.int8)
+        frequent = index.frequent[length][rows]
+        parts.append((pos, np.full(len(pos), length), items[rows], grams[pos], frequent, kind))
+    if not parts:
+        dtypes = (np.int64, np.int64, np.int32, np.uint64, bool, np.int8)
+        return Hits(*(np.zeros(0, t) for t in dtypes))
+    return Hits(*(np.concatenate(col) for col in zip(*parts, strict=True)))
+
+
+@dataclass
+class Evidence:
+    """Per (record, item) pair with hits: evidence n-grams found, the longest contiguous run
+    holding one (its words, first word, and whether it spans the whole stem), whole matches."""
+
+    rec: np.ndarray
+    item: np.ndarray
+    found: np.ndarray
+    run_words: np.ndarray
+    run_start: np.ndarray
+    whole_stem: np.ndarray
+    whole_at: np.ndarray  # first word of a whole-sequence match, -1 when none
+    whole_len: np.ndarray
+    answer: np.ndarray  # an evidence n-gram joining the stem to the gold answer
+
+
+def evidence(index: DecontamIndex, hits: Hits, owner: np.ndarray) -> Evidence:
+    """Fold the hits of a batch into per (record, item) evidence, vectorised."""
+    n_items = max(len(index.item_ids), 1)
+    key = owner[hits.pos] * n_items + hits.item
+    keys, inv = np.unique(key, return_inverse=True)
+    rare = ~hits.frequent
+    order = np.lexsort((hits.gram, hits.length, inv))
+    distinct = np.ones(len(order), bool)
+    distinct[1:] = (inv[order][1:] != inv[order][:-1]) | (
+        hits.gram[order][1:] != hits.gram[order][:-1]
+    )
+    found = np.bincount(inv[order], weights=distinct & rare[order], minlength=len(keys))
+    runs = _runs(index, hits, inv, len(keys))
+    whole = np.flatnonzero((hits.length < index.n) & rare)
+    whole_at = np.full(len(keys), -1, np.int64)
+    whole_len = np.zeros(len(keys), np.int64)
+    whole_at[inv[whole]], whole_len[inv[whole]] = hits.pos[whole], hits.length[whole]
+    answer = np.bincount(inv, weights=rare & (hits.kind == GRAM_ANSWER), minlength=len(keys))
+    found = found.astype(np.int64)
+    return Evidence(keys // n_items, keys % n_items, found, *runs, whole_at, whole_len, answer > 0)
+
+
+def _runs(
+    index: DecontamIndex, hits: Hits, inv: np.ndarray, n_keys: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per key: words of the longest run of consecutive n-gram hits holding an evidence n-gram,
+    its first word, and whether some such run holds every n-gram of the item's stem."""
+    sel = np.flatnonzero(hits.length == index.n)
+    sel = sel[np.lexsort((hits.pos[sel], inv[sel]))]
+    k, pos = inv[sel], hits.pos[sel]
+    brk = np.ones(len(sel), bool)
+    brk[1:] = (k[1:] != k[:-1]) | (pos[1:] != pos[:-1] + 1)
+    run = np.cumsum(brk) - 1
+    size = np.bincount(run)
+    ok = np.bincount(run, weights=~hits.frequent[sel]) > 0
+    stem = np.bincount(run, weights=hits.kind[sel] == GRAM_STEM)
+    run_key, run_pos = k[brk], pos[brk]
+    stem_grams = index.stem_words[hits.item[sel][brk]].astype(np.int64) - index.n + 1
+    whole_stem = ok & (stem_grams > 0) & (stem >= stem_grams)
+    words = np.where(ok, size + index.n - 1, 0)
+    best = np.lexsort((-run_pos, words, run_key))  # per key, its longest (then first) run last
+    last = np.ones(len(best), bool)
+    last[:-1] = run_key[best][1:] != run_key[best][:-1]
+    run_words, run_start = np.zeros(n_keys, np.int64), np.zeros(n_keys, np.int64)
+    run_words[run_key[best][last]] = words[best][last]
+    run_start[run_key[best][last]] = run_pos[best][last]
+    covers = np.zeros(n_keys, bool)
+    np.logical_or.at(covers, run_key, whole_stem)
+    return run_words, run_start, covers
+
+
+def decide(index: DecontamIndex, ev: Evidence, k: int) -> tuple[str, str] | None:
+    """(method, reason) when the evidence for pair `k` removes the record, else None."""
+    n, item = index.n, int(ev.item[k])
+    total, found = int(index.totals[item]), int(ev.found[k])
+    share = found / max(total, 1)
+    if ev.whole_at[k] >= 0:
+        return "whole", f"whole sequence of {int(ev.whole_len[k])} words (shorter than n={n})"
+    if ev.answer[k]:
+        return "answer", "an n-gram joining the item's stem to its gold answer"
+    stem = int(index.stem_words[item])
+    need = index.min_contiguous_words
+    if need and (ev.run_words[k] >= need or ev.whole_stem[k]):
+        why = f">= {need}" if ev.run_words[k] >= need else f"the whole stem ({stem} words)"
+        return "contiguous", f"{int(ev.run_words[k])} contiguous words, {why}"
+    if found and share >= index.min_coverage:
+        return "ngram_coverage", (
+            f"{found}/{total} evidence {n}-grams of the item = {share:.2f} "
+            f">= min_coverage {index.min_coverage}"
+        )
+    return None
+
+
+def match_batch(
+    index: DecontamIndex, texts: Sequence[str], user_texts: Sequence[str] | None = None
+) -> list[Match | None]:
+    """The strongest contamination found in each text (None when clean), vectorised per batch."""
+    hashes, lengths, words = batch_words(texts)
+    owner = np.repeat(np.arange(len(texts)), lengths)
+    results: list[Match | None] = [None] * len(texts)
+    ev = evidence(index, lookup(index, hashes, owner), owner)
+    share = ev.found / np.maximum(index.totals[ev.item], 1)
+    for k in np.lexsort((-share, ev.rec)).tolist():  # per record, highest share first
+        rec = int(ev.rec[k])
+        if results[rec] is not None:
             continue
-        right = np.searchsorted(table, grams[hit_pos], side="right")
-        for p, lo, hi in zip(hit_pos.tolist(), left.tolist(), right.tolist(), strict=True):
-            rec, h = int(owner[p]), int(grams[p])
-            for j in range(lo, hi):
-                item = int(items[j])
-                seen[rec].add((length, h, item))
-                spans[rec].setdefault(item, (p - int(starts[rec]), length))
-    for rec, hits in seen.items():
-        per_item = Counter(item for _, _, item in hits)
-        best: tuple[float, int] | None = None
-        for item, count in sorted(per_item.items()):
-            share = count / max(int(index.totals[item]), 1)
-            if (index.threshold == 0 or share > index.threshold) and (
-                best is None or share > best[0]
-            ):
-                best = (share, item)
-        if best:
-            share, item = best
-            off, length = spans[rec][item]
-            first = int(starts[rec]) + off
-            span = " ".join(words.slice(first, length).to_pylist())
-            results[rec] = Match(
-                index.tasks[item],
-                index.item_ids[item],
-                "ngram" if length == index.n else "whole",
-                span,
-                share,
-            )
+        verdict = decide(index, ev, k)
+        if verdict is not None:
+            results[rec] = _match(index, ev, k, float(share[k]), verdict, words)
     if index.fuzzy_sigs is not None and user_texts is not None:
-        cfg = index.fuzzy_cfg
-        hasher = MinHasher(cfg.num_perm, cfg.shingle_size)
-        for rec, text in enumerate(user_texts):
-            if results[rec] is not None or not text:
-                continue
-            sig = hasher.signature(normalize(text).split())
-            cands = sorted(
-                {
-                    i
-                    for b, key in enumerate(hasher.bands(sig, cfg.bands))
-                    for i in index.fuzzy_lsh.get((b, key), ())
-                }
-            )
-            for i in cands:
-                sim = jaccard(sig, index.fuzzy_sigs[i])
-                if sim >= index.fuzzy_threshold:
-                    results[rec] = Match(
-                        index.tasks[i], index.item_ids[i], "fuzzy", text[:200], sim
-                    )
-                    break
+        _fuzzy_matches(index, user_texts, results)
     return results
+
+
+def _match(
+    index: DecontamIndex, ev: Evidence, k: int, share: float, verdict: tuple[str, str], words
+) -> Match:
+    """The `Match` of evidence pair `k`: its span is the whole match or the longest run."""
+    method, reason = verdict
+    item = int(ev.item[k])
+    if method == "whole":
+        first, size = int(ev.whole_at[k]), int(ev.whole_len[k])
+    else:
+        first, size = int(ev.run_start[k]), max(int(ev.run_words[k]), index.n)
+    span = " ".join(words.slice(first, min(size, SPAN_WORDS)).to_pylist())
+    return Match(
+        index.tasks[item], index.item_ids[item], method, span, share, int(ev.run_words[k]), reason
+    )
+
+
+def _fuzzy_matches(
+    index: DecontamIndex, user_texts: Sequence[str], results: list[Match | None]
+) -> None:
+    """Fill the records still clean whose user turn's MinHash is close to an item's."""
+    cfg = index.fuzzy_cfg
+    hasher = MinHasher(cfg.num_perm, cfg.shingle_size)
+    for rec, text in enumerate(user_texts):
+        if results[rec] is not None or not text:
+            continue
+        sig = hasher.signature(normalize(text).split())
+        cands = sorted(
+            {
+                i
+                for b, key in enumerate(hasher.bands(sig, cfg.bands))
+                for i in index.fuzzy_lsh.get((b, key), ())
+            }
+        )
+        for i in cands:
+            sim = jaccard(sig, index.fuzzy_sigs[i])
+            if sim >= index.fuzzy_threshold:
+                results[rec] = Match(
+                    index.tasks[i],
+                    index.item_ids[i],
+                    "fuzzy",
+                    text[:200],
+                    sim,
+                    reason=f"MinHash Jaccard {sim:.2f} >= {index.fuzzy_threshold}",
+                )
+                break
 
 
 class Decontaminate(Step):
@@ -388,7 +578,33 @@ REPORT_COLUMNS = [
     "method",
     "match",
     "share",
+    "words",
+    "reason",
 ]
+
+
+def rule_lines(index: DecontamIndex, dc: DecontamConfig) -> list[str]:
+    """The removal rule and its parameters, as report lines."""
+    contiguous = (
+        f"at least {index.min_contiguous_words} contiguous words of it (or its whole stem when "
+        "shorter)"
+        if index.min_contiguous_words
+        else "no contiguous-words rule"
+    )
+    freq = dc.max_item_frequency
+    return [
+        "- a record is removed when it holds enough of ONE item: "
+        f"min_coverage = **{index.min_coverage}** of its evidence n-grams (`ngram_coverage`), "
+        f"or {contiguous} (`contiguous`), or an n-gram joining its stem to its gold answer "
+        f"(`answer`)",
+        f"- stems shorter than n words matched whole (at least {MIN_WHOLE_WORDS} words; `whole`)",
+        f"- max_item_frequency = **{freq}**: "
+        + (
+            f"n-grams found in more than {freq} items are boilerplate, no evidence on their own"
+            if freq
+            else "every shared n-gram is evidence"
+        ),
+    ]
 
 
 def write_report(
@@ -415,6 +631,8 @@ def write_report(
                 d["method"],
                 d["match"],
                 d["share"],
+                d.get("words", 0),
+                d.get("reason", ""),
             ]
         )
     table = pd.DataFrame(rows, columns=REPORT_COLUMNS).sort_values("record_id", kind="stable")
@@ -427,16 +645,13 @@ def write_report(
         lines.append("Decontamination was **not run** (disabled, or no benchmarks configured).")
     else:
         lines += [
-            f"- n-gram size n = **{dc.ngram}**; threshold = **{dc.threshold}** "
-            + (
-                "(any shared n-gram removes a record)"
-                if dc.threshold == 0
-                else "(removed when the share of an item's n-grams found exceeds it)"
-            ),
-            f"- stems shorter than n words matched whole (at least {MIN_WHOLE_WORDS} words)",
+            f"- n-gram size n = **{dc.ngram}**; threshold = **{dc.threshold}** (legacy share "
+            f"threshold; when > 0 it replaces min_coverage)",
+            *rule_lines(index, dc),
             "- fuzzy MinHash check: "
             + (f"on, Jaccard >= {dc.fuzzy_threshold}" if dc.fuzzy else "off"),
-            f"- index: {len(index.item_ids)} items, {index.size} hashed n-grams",
+            f"- index: {len(index.item_ids)} items, {index.size} hashed n-grams, "
+            f"{index.excluded} excluded as frequent (in more than {dc.max_item_frequency} items)",
             f"- records removed: **{len(table)}**",
             "",
             "| benchmark | source | items indexed | records removed |",
@@ -459,6 +674,10 @@ def write_report(
         "per_method": per_method,
         "ngram": dc.ngram,
         "threshold": dc.threshold,
+        "min_coverage": dc.coverage,
+        "min_contiguous_words": dc.min_contiguous_words,
+        "max_item_frequency": dc.max_item_frequency,
+        "excluded_frequent_ngrams": index.excluded if index else 0,
         "fuzzy": dc.fuzzy,
         "items_indexed": len(index.item_ids) if index else 0,
         "index_ngrams": index.size if index else 0,
