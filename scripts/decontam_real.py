@@ -215,6 +215,18 @@ def sweep(sets: dict, plant: list, seed: int) -> list[dict]:
     return rows
 
 
+def removal_ratios(new: dict, old: dict) -> dict[str, float]:
+    """Per set, distinct real questions the default rule removes per one the old rule removes
+    (`default_vs_any_ngram_<set>`; lower is better, 0 when neither removes any)."""
+    return {
+        f"default_vs_any_ngram_{name}": (
+            round(new[name]["removed"] / old[name]["removed"], 4) if old[name]["removed"] else 0.0
+        )
+        for name in new
+        if isinstance(new[name], dict) and "removed" in new[name] and name in old
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, help="write the figures here")
@@ -232,6 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default_rule": measure(default, sets, plant, args.seed),
         "old_rule": measure(OLD_RULE, sets, plant, args.seed),
     }
+    report["ratios"] = removal_ratios(report["default_rule"], report["old_rule"])
     if args.sweep:
         report["sweep"] = sweep(sets, plant, args.seed)
     text = json.dumps(report, indent=1)
