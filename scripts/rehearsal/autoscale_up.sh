@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Head only, with an autoscaler whose NamespaceNodeProvider launches private-namespace workers.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+: "${REPO:=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}" "${BASE:=${TMPDIR:-/tmp}/med42ray-rehearsal}" "${GCS_PORT:=6390}" "${DASH_PORT:=8275}"
+HEAD_IP=127.0.0.11; RAY_BIN="$REPO/.venv/bin/ray"
+mkdir -p "$BASE"; cp "$HERE/ns_provider.py" "$HERE/node.sh" "$BASE/"
+cat >"$BASE/autoscale.json" <<CFG
+{"cluster_name": "rehearsal", "max_workers": 2,
+ "provider": {"type": "external", "module": "ns_provider.NamespaceNodeProvider",
+   "node_sh": "$BASE/node.sh", "gcs_address": "$HEAD_IP:$GCS_PORT", "first_host": 31,
+   "use_node_id_as_ip": true, "disable_node_updaters": true, "disable_launch_config_check": true},
+ "available_node_types": {
+   "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+   "gpu_worker": {"resources": {"CPU": 1, "fake_gpu": 1}, "node_config": {}, "min_workers": 0, "max_workers": 2}},
+ "head_node_type": "ray.head.default", "auth": {}, "upscaling_speed": 1.0, "idle_timeout_minutes": 1,
+ "docker": {}, "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+ "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+ "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": false,
+ "rsync_exclude": [], "rsync_filter": []}
+CFG
+export PATH="$(dirname "$RAY_BIN"):$PATH" RAY_USAGE_STATS_ENABLED=0 RAY_FAKE_CLUSTER=1 \
+  AUTOSCALER_UPDATE_INTERVAL_S=1 PYTHONPATH="$BASE" BASE REPO KEEP_BASE=1
+export AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal AWS_DEFAULT_REGION=us-east-1 \
+  AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL_S3=http://127.0.0.1:9010
+setsid "$HERE/node.sh" head "$HEAD_IP" 20000 --head --port "$GCS_PORT" --num-cpus 1 \
+  --dashboard-host "$HEAD_IP" --dashboard-port "$DASH_PORT" --ray-client-server-port 10011 \
+  --autoscaling-config "$BASE/autoscale.json" >"$BASE/head.log" 2>&1 &
+echo $! >"$BASE/head.pid"
+for _ in $(seq 600); do curl -sf "http://$HEAD_IP:$DASH_PORT/nodes?view=summary" -o /dev/null && break; sleep 0.2; done
+echo "head up"
