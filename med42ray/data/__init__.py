@@ -12,6 +12,7 @@ sampling.py     SampleByWeight, CapPerSource
 filters.py      CleaningFilter (cleaning filters + token limits), TokenCounter
 dedup.py        ExactDedup, NearDedup (MinHash-LSH)
 decontam.py     Decontaminate: the benchmark n-gram index and its actor pool, the report
+overlap.py      overlap.json: the benchmark items the kept training records still touch
 text.py         the one normaliser and the word / n-gram hashes
 shards.py       the kept records as train/eval Parquet shards
 manifest.py     counts per source, their reconciliation (CATEGORIES), the manifest

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from med42ray.benchmarks import BenchmarkError, BenchmarkItem, load_benchmark
 from med42ray.config import DecontamConfig, ExperimentConfig, NearDedupConfig
 from med42ray.data.dedup import MinHasher, jaccard
 from med42ray.data.sources import DataError
-from med42ray.data.steps import Decision, Removal, Step, removed
+from med42ray.data.steps import Decision, Removal, Step, live_rows, mark, removed
 from med42ray.data.text import (
     batch_words,
     hash_words,
@@ -434,6 +435,14 @@ def match_batch(
     index: DecontamIndex, texts: Sequence[str], user_texts: Sequence[str] | None = None
 ) -> list[Match | None]:
     """The strongest contamination found in each text (None when clean), vectorised per batch."""
+    return match_and_touch(index, texts, user_texts)[0]
+
+
+def match_and_touch(
+    index: DecontamIndex, texts: Sequence[str], user_texts: Sequence[str] | None = None
+) -> tuple[list[Match | None], pa.ListArray]:
+    """`match_batch`'s matches, and per text the items it touches at all (`touched_items`),
+    both from one lookup."""
     hashes, lengths, words = batch_words(texts)
     owner = np.repeat(np.arange(len(texts)), lengths)
     results: list[Match | None] = [None] * len(texts)
@@ -448,7 +457,17 @@ def match_batch(
             results[rec] = _match(index, ev, k, float(share[k]), verdict, words)
     if index.fuzzy_sigs is not None and user_texts is not None:
         _fuzzy_matches(index, user_texts, results)
-    return results
+    return results, touched_items(ev, len(texts))
+
+
+def touched_items(ev: Evidence, n_records: int) -> pa.ListArray:
+    """Per record, the index rows of the items it touches at all: one non-frequent n-gram of
+    the item, or a whole match (whether or not that is enough to remove the record)."""
+    touched = (ev.found > 0) | (ev.whole_at >= 0)
+    rec, item = ev.rec[touched], ev.item[touched]  # sorted by (record, item)
+    counts = np.bincount(rec, minlength=n_records)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(item.astype(np.int32)))
 
 
 def _match(
@@ -518,7 +537,8 @@ class Decontaminate(Step):
         self.concurrency = concurrency
         self.benchmarks = list(benchmarks)  # (name, path) indexed, for the report
 
-    def decide(self, batch: pa.Table, live: list[int]) -> Decision:
+    def check(self, batch: pa.Table, live: list[int]) -> tuple[list[Match | None], pa.ListArray]:
+        """The matches of the `live` rows, and the items each touches (`match_and_touch`)."""
         msgs = batch.column("messages").combine_chunks().take(pa.array(live))
         users = None
         if self.index.fuzzy_sigs is not None:
@@ -526,12 +546,19 @@ class Decontaminate(Step):
                 " ".join(m["content"] for m in rec if m["role"] == "user")
                 for rec in msgs.to_pylist()
             ]
-        found = match_batch(self.index, joined_contents(msgs), users)
-        return {
-            i: Removal(m.benchmark, m.to_json())
-            for i, m in zip(live, found, strict=True)
-            if m is not None
-        }
+        return match_and_touch(self.index, joined_contents(msgs), users)
+
+    def decide(self, batch: pa.Table, live: list[int]) -> Decision:
+        return removals(live, self.check(batch, live)[0])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """The batch with this step's removals marked, and a `touched` column: the index rows
+        of the items each record kept here touches (empty for every other row)."""
+        live = live_rows(batch)
+        found, touched = self.check(batch, live) if live else ([], None)
+        batch = mark(batch, self.category, removals(live, found))
+        column = kept_touched(batch.num_rows, live, found, touched)
+        return batch.append_column(TOUCHED, column)
 
     def apply(self, ds):
         """An actor pool of `concurrency` actors over `ds`; `ds` as it is without an index."""
@@ -556,11 +583,38 @@ class Decontaminate(Step):
         return {**summary, "enabled": self.index is not None}
 
 
+TOUCHED = "touched"
+"""The column `Decontaminate` adds: per kept record, the index rows of the items it touches."""
+
+
+def removals(live: list[int], found: Sequence[Match | None]) -> Decision:
+    """The `Removal` of each `live` row with a match."""
+    return {
+        i: Removal(m.benchmark, m.to_json())
+        for i, m in zip(live, found, strict=True)
+        if m is not None
+    }
+
+
+def kept_touched(
+    num_rows: int, live: list[int], found: Sequence[Match | None], touched: pa.ListArray | None
+) -> pa.ListArray:
+    """A `num_rows` list column: the items touched by the `live` rows not removed (`found` is
+    None), empty lists elsewhere."""
+    lengths = np.zeros(num_rows, np.int32)
+    values = pa.array([], pa.int32())
+    if touched is not None:
+        keep = np.asarray([m is None for m in found], dtype=bool)
+        kept = touched.filter(pa.array(keep))
+        lengths[np.asarray(live, dtype=np.int64)[keep]] = pc.list_value_length(kept).to_numpy()
+        values = pc.list_flatten(kept)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
 def joined_contents(messages: pa.ListArray) -> pa.Array:
     """`dedup.record_text` of every record of a `messages` list array (all its turns,
     newline-joined), computed in Arrow."""
-    import pyarrow.compute as pc
-
     contents = pc.struct_field(pc.list_flatten(messages), "content")
     counts = pc.list_value_length(messages).to_numpy(zero_copy_only=False)
     offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))

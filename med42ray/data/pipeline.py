@@ -16,6 +16,7 @@ complete, so a failed run leaves an earlier output intact:
     out/config.yaml                    the resolved experiment config
     out/quarantine.jsonl               unreadable input: file, line/row, reason
     out/decontamination.{parquet,csv,md}
+    out/overlap.json                   per benchmark, the items the kept training records touch
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from med42ray.data.manifest import (
     format_summary,
     per_source,
 )
+from med42ray.data.overlap import write_overlap
 from med42ray.data.quarantine import check_quarantine, quarantined, write_quarantine
 from med42ray.data.sampling import CapPerSource, SampleByWeight
 from med42ray.data.shards import write_shards
@@ -127,6 +129,8 @@ def prepare_data(
             "near_dedup": near.stats,
             "decontamination": decontaminate.report(ds, tmp, dcfg.decontamination),
         }
+        overlap = write_overlap(ds, decontaminate.index, dcfg, cfg.seed, tmp)
+        stats["decontamination"]["overlap"] = overlap
         outputs, written = write_shards(ds, tmp, dcfg, cfg.seed)
         sources = per_source(cfg, srcs, marks, written, lost)
         manifest = build_manifest(cfg, sources, outputs, stats, bad, laps.total())

@@ -87,10 +87,15 @@ def _output_rows(batch: pa.Table, epoch: int) -> pa.Table:
     )
 
 
-def _split(batch: pa.Table, fraction: float, seed: int) -> pa.Table:
+def held_out(batch: pa.Table, fraction: float, seed: int) -> pa.Array:
+    """Per row, whether its record goes to `eval` (the hash of its id below `fraction`)."""
     ids = batch.column("id").to_pylist()
     flag = [fraction > 0 and unit_hash(f"eval:{seed}:{i}") < fraction for i in ids]
-    return batch.append_column("is_eval", pa.array(flag, pa.bool_()))
+    return pa.array(flag, pa.bool_())
+
+
+def _split(batch: pa.Table, fraction: float, seed: int) -> pa.Table:
+    return batch.append_column("is_eval", held_out(batch, fraction, seed))
 
 
 def write_shards(

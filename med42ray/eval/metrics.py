@@ -41,13 +41,38 @@ def _row(frame: pd.DataFrame) -> dict[str, float]:
         if "parsed" in frame and frame["parsed"].notna().all()
         else float("nan")
     )
-    return row
+    return {**row, **clean_row(frame)}
+
+
+def clean_row(frame: pd.DataFrame) -> dict[str, float]:
+    """`n_clean`, `acc_clean`, `acc_clean_stderr` over the items with `clean` True (every item
+    when there is no such column); NaN accuracy when none is clean."""
+    clean = frame[frame["clean"].astype(bool)] if "clean" in frame else frame
+    correct = clean["correct"].astype(float).tolist()
+    return {
+        "n_clean": len(clean),
+        "acc_clean": float(np.mean(correct)) if correct else float("nan"),
+        "acc_clean_stderr": mean_stderr(correct),
+    }
+
+
+def group_clean_row(present: Sequence[dict[str, object]]) -> dict[str, float]:
+    """A group's clean columns: the unweighted mean of its members' (NaN when one has no clean
+    item), its standard error combined as for `acc`."""
+    acc, stderr = mean_of_estimates(
+        [float(p["acc_clean"]) for p in present], [float(p["acc_clean_stderr"]) for p in present]
+    )
+    return {
+        "n_clean": int(sum(int(p["n_clean"]) for p in present)),
+        "acc_clean": acc,
+        "acc_clean_stderr": stderr,
+    }
 
 
 SUMMARY_COLUMNS = [
     "model", "engine", "scoring", "level", "benchmark", "subset", "prompt_format",
     "prompt_version", "n", "acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "unparsed",
-    "compute_s", "wall_s",
+    "compute_s", "wall_s", "n_clean", "acc_clean", "acc_clean_stderr",
 ]  # fmt: skip
 
 
@@ -108,6 +133,7 @@ def summarise(predictions: pd.DataFrame, run: dict[str, object]) -> pd.DataFrame
                 "acc_norm_stderr": norm_se,
                 "unparsed": float(np.mean([p["unparsed"] for p in present])),
                 "compute_s": float(sum(float(p["compute_s"]) for p in present)),
+                **group_clean_row(present),
             }
         )
     summary = pd.DataFrame(rows)

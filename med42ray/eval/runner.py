@@ -16,8 +16,10 @@ makes the summary.
 
 Outputs in ``OUT`` (each written atomically): ``predictions.parquet`` and ``predictions.jsonl``
 (one row per item: prompt hash, option log-likelihoods or the generated text, prediction,
-acc_norm prediction, gold, correct), ``summary.csv`` and ``summary.md`` (per benchmark, per
-subset, per group), ``eval.json`` (what the run did) and ``config.yaml`` (the resolved config).
+acc_norm prediction, gold, correct, ``clean``: no overlap with the training data, from the
+data stage's ``overlap.json``), ``summary.csv`` and ``summary.md`` (per benchmark, per
+subset, per group; ``n_clean`` / ``acc_clean`` on the clean items), ``eval.json`` (what
+the run did) and ``config.yaml`` (the resolved config).
 
 Why the vLLM path also runs in our actor pool rather than through ``ray.data.llm``'s
 ``build_processor``: lm-eval's scoring needs the exact ``context + continuation`` token ids
@@ -55,6 +57,7 @@ from med42ray.benchmarks import (
     load_task,
 )
 from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig
+from med42ray.data.overlap import read_overlap
 from med42ray.eval.metrics import summarise, to_markdown
 from med42ray.eval.prompts import PromptFormat
 from med42ray.eval.scoring import Scoring, TaskRun, build_scoring
@@ -304,6 +307,18 @@ def item_predictions(
     return pd.DataFrame(rows)
 
 
+def clean_items(predictions: pd.DataFrame, touched: dict[str, set[str]] | None) -> pd.Series:
+    """Per prediction, True when its item is not among the benchmark's `touched` ids (all True
+    without an overlap record)."""
+    if touched is None or not len(predictions):
+        return pd.Series(True, index=predictions.index, dtype=bool)
+    clean = [
+        str(item) not in touched.get(str(bench), ())
+        for bench, item in zip(predictions["benchmark"], predictions["item_id"], strict=True)
+    ]
+    return pd.Series(clean, index=predictions.index, dtype=bool)
+
+
 def write_outputs(
     out: Path,
     cfg: ExperimentConfig,
@@ -328,13 +343,15 @@ def run_eval(
     adapter: str | None = None,
     label: str | None = None,
     *,
+    overlap: Path | None = None,
     _fail_after_parts: int | None = None,
 ) -> pd.DataFrame:
     """Score a model on ``cfg.eval.benchmarks``; write predictions and the summary into `out`.
 
     `model` is a folder or hub id (default: the config's model, the tiny one built on demand);
     `adapter` a PEFT LoRA folder served on top of it, unmerged; `label` names the model in the
-    tables (default: the model id, plus the adapter's folder name). A rerun into the same
+    tables (default: the model id, plus the adapter's folder name); `overlap` the data stage's
+    `overlap.json`: its items are not `clean` (every item is without it). A rerun into the same
     `out` scores only what an interrupted run left undone. Returns the summary table.
     (`_fail_after_parts` makes each actor raise after writing that many parts: the crash
     the resume tests simulate.)
@@ -368,6 +385,7 @@ def run_eval(
     wall = time.perf_counter() - start
     run = {"model": label or model_id, "engine": cfg.eval.engine, "scoring": scoring.name}
     predictions = item_predictions(tasks, read_parts(parts_dir), scoring, run)
+    predictions["clean"] = clean_items(predictions, read_overlap(overlap))
     summary = summarise(predictions, {**run, "wall_s": wall})
     record = {
         "run_key": key,

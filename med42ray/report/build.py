@@ -25,6 +25,7 @@ from med42ray.report.plots import accuracy_bars, loss_curves
 from med42ray.report.tables import (
     PAPER_ROWS,
     accuracy_table,
+    clean_table,
     cost_table,
     order_models,
     to_markdown,
@@ -109,6 +110,47 @@ def read_scores(runs: list[Run]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
+CLEAN_COLUMNS = ["model", "benchmark", "acc", "n", "acc_clean", "n_clean"]
+
+
+def clean_summary(run: Run, folder: Path, label: str) -> pd.DataFrame | None:
+    """An evaluation's summary recomputed with its items marked clean against the run's data
+    stage (`overlap.json`): computed here, from the predictions, so that new training data
+    changes the clean columns without scoring anything again."""
+    from med42ray.data.overlap import OVERLAP_FILE, read_overlap
+    from med42ray.eval.metrics import summarise
+    from med42ray.eval.runner import clean_items
+
+    data = run.stage("data")
+    predictions_file = folder / "predictions.parquet"
+    if data is None or not (data / OVERLAP_FILE).is_file() or not predictions_file.is_file():
+        return None
+    predictions = pd.read_parquet(predictions_file)
+    predictions["clean"] = clean_items(predictions, read_overlap(data / OVERLAP_FILE))
+    return summarise(predictions, {"model": label, "engine": "", "scoring": "", "wall_s": 0.0})
+
+
+def read_clean_scores(runs: list[Run]) -> pd.DataFrame:
+    """model, benchmark, acc, n, acc_clean, n_clean of the task and (complete) group rows of
+    every evaluation of a run whose data stage recorded its overlap."""
+    frames = []
+    several = len(runs) > 1
+    for run in runs:
+        for model, folder in run.stages("eval").items():
+            label = run.model_label(model, several)
+            summary = clean_summary(run, folder, label)
+            if summary is None:
+                continue
+            summary = complete_groups(summary)
+            frame = summary[["benchmark", "acc", "n", "acc_clean", "n_clean"]].copy()
+            frame["acc_clean"] = pd.to_numeric(frame["acc_clean"], errors="coerce")
+            frame = frame.astype({"acc": float, "n": int, "n_clean": int})
+            frames.append(frame.assign(model=label))
+    if not frames:
+        return pd.DataFrame(columns=CLEAN_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[CLEAN_COLUMNS]
+
+
 def read_usmle_steps(runs: list[Run]) -> pd.DataFrame:
     """Accuracy per USMLE step (the evaluation's subset rows of the USMLE tasks)."""
     rows = []
@@ -183,7 +225,9 @@ def read_data(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, An
         for bench, n in sorted(decon.get("per_benchmark", {}).items()):
             row = {"benchmark": bench, "removed records": int(n)}
             removed.append({"run": run.label, **row} if several else row)
-        settings[run.label] = {k: v for k, v in decon.items() if k != "per_benchmark"}
+        settings[run.label] = {
+            k: v for k, v in decon.items() if k not in ("per_benchmark", "overlap")
+        }
     return pd.DataFrame(counts), pd.DataFrame(removed), settings
 
 
@@ -232,6 +276,16 @@ def all_numbers(
     for _, r in removed.iterrows():
         who = f"{r['run']}/{r['benchmark']}" if "run" in r else r["benchmark"]
         rows.append(("decontamination", who, "records", "removed", float(r["removed records"])))
+    return pd.DataFrame(rows, columns=["section", "subject", "item", "metric", "value"])
+
+
+def clean_numbers(clean: pd.DataFrame) -> pd.DataFrame:
+    """The clean-subset table's numbers, in `all_numbers`' layout (section `clean accuracy`)."""
+    rows = [
+        ("clean accuracy", r["model"], r["benchmark"], metric, float(r[metric]))
+        for _, r in clean.iterrows()
+        for metric in ("acc_clean", "n_clean")
+    ]
     return pd.DataFrame(rows, columns=["section", "subject", "item", "metric", "value"])
 
 
@@ -304,6 +358,24 @@ def accuracy_sections(runs: list[Run], scores: pd.DataFrame, config: dict, out: 
     return parts
 
 
+CLEAN_MEANING = (
+    "An item is *clean* when no training record the data stage kept (the `train` split, after "
+    "decontamination) shares a single non-boilerplate n-gram with it (the decontamination "
+    "index's n-grams; those in many items excluded), nor matches it whole (GPT-3's "
+    "contamination analysis); the items it does touch are listed in the data stage's "
+    "`overlap.json`. Without that file (decontamination off) every item counts as clean. "
+    "Cells: accuracy on all items (n) / on the clean subset (n clean), %; – where no item is "
+    "clean."
+)
+
+
+def clean_section(clean: pd.DataFrame) -> str:
+    """Accuracy on all items and on the clean subset, per benchmark and model."""
+    return _section(
+        "Accuracy on the clean subset", CLEAN_MEANING + "\n\n" + to_markdown(clean_table(clean))
+    )
+
+
 def data_section(counts: pd.DataFrame, removed: pd.DataFrame, decon: dict[str, Any]) -> str:
     """Records per source, decontamination removals per benchmark, and the settings."""
     settings = "; ".join(
@@ -325,6 +397,7 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     costs, history = read_training(runs)
     counts, removed, decon = read_data(runs)
     provenance = read_provenance(runs)
+    clean = read_clean_scores(runs)
 
     scores.to_csv(out / "accuracy.csv", index=False)
     costs.to_csv(out / "training.csv", index=False)
@@ -332,9 +405,10 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     counts.to_csv(out / "data.csv", index=False)
     removed.to_csv(out / "decontamination.csv", index=False)
     provenance.to_csv(out / "benchmarks.csv", index=False)
-    all_numbers(with_average(scores), costs, counts, removed).to_csv(
-        out / "numbers.csv", index=False
-    )
+    numbers = all_numbers(with_average(scores), costs, counts, removed)
+    if len(clean):
+        numbers = pd.concat([numbers, clean_numbers(clean)], ignore_index=True)
+    numbers.to_csv(out / "numbers.csv", index=False)
 
     first = yaml.safe_load((runs[0].folder / "config.yaml").read_text())
     parts = [f"# {title or first.get('report', {}).get('title', 'Med42 report')}\n"]
@@ -346,6 +420,8 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     )
     if len(scores):
         parts += accuracy_sections(runs, scores, first, out)
+    if len(clean):
+        parts.append(clean_section(clean))
     if len(costs):
         parts.append(
             _section(

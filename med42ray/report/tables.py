@@ -1,4 +1,5 @@
-"""The report's tables: accuracy in the paper's layout, and cost per strategy.
+"""The report's tables: accuracy in the paper's layout (all items, and the clean subset), and
+cost per strategy.
 
 Inputs are plain DataFrames read from the stages' outputs, so the report can be rebuilt from
 finished runs (`med42ray report RUN_DIR ...`) without rerunning anything.
@@ -82,6 +83,33 @@ def accuracy_table(scores: pd.DataFrame) -> pd.DataFrame:
         row["n"] = int(index.xs(bench, level="benchmark")["n"].max())
         rows.append(row)
     return pd.DataFrame(rows, columns=["benchmark", *models, "n"])
+
+
+def _pct_n(acc: float, n: int) -> str:
+    return f"{'–' if pd.isna(acc) else f'{100 * acc:.1f}'} ({int(n)})"
+
+
+def clean_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: one row per benchmark in the paper's order, `all (n) / clean (n_clean)` per
+    model (%). `scores` has columns model, benchmark, acc, n, acc_clean, n_clean."""
+    models = order_models(list(dict.fromkeys(scores["model"])))
+    known = dict(PAPER_ROWS)
+    benchmarks = [b for b, _ in PAPER_ROWS if b in set(scores["benchmark"])]
+    benchmarks += sorted(set(scores["benchmark"]) - set(known))
+    index = scores.set_index(["benchmark", "model"])
+    rows = []
+    for bench in benchmarks:
+        row = {"benchmark": known.get(bench, bench)}
+        for model in models:
+            if (bench, model) in index.index:
+                hit = index.loc[(bench, model)]
+                row[model] = (
+                    f"{_pct_n(hit['acc'], hit['n'])} / {_pct_n(hit['acc_clean'], hit['n_clean'])}"
+                )
+            else:
+                row[model] = "–"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["benchmark", *models])
 
 
 def cost_table(train: pd.DataFrame) -> pd.DataFrame:
