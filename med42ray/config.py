@@ -562,7 +562,7 @@ def set_dotted(raw: Any, key: str, value: Any, source: str = "<config>") -> None
         if not isinstance(child, dict):
             raise ConfigError(f"{source}: {key}: `{part}` is not a section")
         node = child
-    node[leaf] = value
+    node[leaf] = copy.deepcopy(value)  # never share (and later mutate) the caller's objects
 
 
 def with_overrides(

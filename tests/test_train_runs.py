@@ -219,3 +219,96 @@ def test_lora_adapter_and_merged_model_load_and_agree(lora_run):
     torch.testing.assert_close(a, m, atol=1e-4, rtol=1e-4)
     assert (a - b).abs().max() > 1e-3  # the adapter changed the model
     assert generate(merged, tokenizer) == generate(adapter, tokenizer)
+
+
+# ------------------------------------------------------------------- lora, zero-3
+@pytest.fixture(scope="module")
+def lora_zero3_run(train, tmp_path_factory):
+    """LoRA under ZeRO-3 with merge_on_export: 3 steps, then a second run over the same folder
+    to 6 steps that resumes from the step-3 checkpoint (the 70B LoRA recipe, in small)."""
+    out = tmp_path_factory.mktemp("lora_zero3")
+    settings = {
+        "train.strategy": "lora",
+        # the whole section, not `train.deepspeed.zero_stage`: that dotted key would write
+        # into conftest's shared SMALL dict (load_config does not copy it) for later tests
+        "train.deepspeed": {"enabled": True, "zero_stage": 3},
+        "train.optimizer.lr": 1e-2,
+        "train.lora.merge_on_export": True,
+    }
+    first = train("lora_zero3", config(**settings, **{"train.max_steps": 3}), out=out)
+    second = train("lora_zero3", config(**settings), out=out)
+    return first, second
+
+
+def test_lora_zero3_adapter_is_complete_and_trained(lora_zero3_run, tiny_model_path):
+    from peft import get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from med42ray.train.strategies import LoraStrategy
+
+    _, run = lora_zero3_run
+    saved = load_file(run.adapter_dir / "adapter_model.safetensors")
+    cfg = config(**{"train.strategy": "lora"})
+    fresh = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path),
+        LoraStrategy(cfg, str(tiny_model_path)).peft_config(),
+    )
+    expected = {k: v.shape for k, v in get_peft_model_state_dict(fresh).items()}
+    assert expected and {k: v.shape for k, v in saved.items()} == expected
+    b_mats = [v for k, v in saved.items() if "lora_B" in k]
+    assert len(b_mats) == len(saved) // 2
+    assert all(v.abs().max() > 0 for v in b_mats)  # B starts at zero: every one trained
+
+
+def test_lora_zero3_adapter_loads_and_changes_the_model(lora_zero3_run):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    _, run = lora_zero3_run
+    adapter = AutoPeftModelForCausalLM.from_pretrained(run.adapter_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(run.adapter_dir)
+    ids = tokenizer("Which nerve is compressed in carpal tunnel syndrome?", return_tensors="pt")
+    with torch.no_grad():
+        a = adapter(**ids).logits
+        with adapter.disable_adapter():
+            b = adapter(**ids).logits
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_lora_zero3_resumes_from_its_checkpoint(lora_zero3_run):
+    first, second = lora_zero3_run
+    assert first.state["resumed_from"] is None and first.state["step"] == 3
+    assert second.state["resumed_from"] == 3 and second.state["step"] == STEPS
+    assert second.run_dir == first.run_dir
+    curve = losses(second)
+    assert len(curve) == STEPS and curve[-1] < curve[0] - 0.2
+
+
+def test_lora_zero3_merged_in_the_driver_matches_the_adapter(lora_zero3_run):
+    from transformers import AutoModelForCausalLM
+
+    _, run = lora_zero3_run
+    check = run.merge_check
+    assert check["ok"] and check["dtype"] == "float32" and check["prompts"] == 3
+    assert check["max_abs_logit_diff"] < 1e-3
+    out = run.model_dir.parent
+    assert json.loads((out / "merge_check.json").read_text()) == check
+    assert json.loads((out / "train_result.json").read_text())["merge_check"] == check
+    assert (run.model_dir / "model.safetensors").is_file()
+    AutoModelForCausalLM.from_pretrained(run.model_dir)
+
+
+def test_merge_refuses_a_live_zero3_context():
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from med42ray.train.merge import _assert_no_zero3
+
+    _assert_no_zero3()
+    ds = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_batch_size": 1})
+    try:
+        with pytest.raises(RuntimeError, match="ZeRO-3"):
+            _assert_no_zero3()
+    finally:
+        del ds
+    _assert_no_zero3()

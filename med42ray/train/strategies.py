@@ -112,7 +112,8 @@ class FullStrategy(Strategy):
 class LoraStrategy(Strategy):
     """LoRA: PEFT adapters on the target projections, base frozen; export is the adapter.
 
-    `lora.merge_on_export` also writes the merged causal LM (base + B·A·alpha/r) to `model/`.
+    Only the adapter is exported here: `lora.merge_on_export` is done by the driver after
+    training (`med42ray.train.merge`), never under a worker's live ZeRO-3 context.
     """
 
     name = "lora"
@@ -142,21 +143,7 @@ class LoraStrategy(Strategy):
         adapter = out / "adapter"
         model.save_pretrained(adapter, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(adapter)
-        written = {"adapter": "adapter"}
-        if self.cfg.train.lora.merge_on_export:
-            merged = merge_adapter(self.cfg, self.model_path, adapter)
-            merged.save_pretrained(out / "model", safe_serialization=True)
-            tokenizer.save_pretrained(out / "model")
-            written["model"] = "model"
-        return written
-
-
-def merge_adapter(cfg: ExperimentConfig, base_path: str, adapter: Path):
-    """The base model with the adapter folded into its weights (a plain causal LM)."""
-    from peft import PeftModel
-
-    base = load_model(cfg.model, base_path)
-    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        return {"adapter": "adapter"}
 
 
 STRATEGIES: dict[str, type[Strategy]] = {"full": FullStrategy, "lora": LoraStrategy}

@@ -3,7 +3,9 @@
 It opens the chat data with Ray Data, runs `FinetuneRecipe` on `resources.num_workers` Ray Train
 workers (`TorchTrainer`), and copies what the final checkpoint holds into `out`:
 
-    out/model/          Hugging Face causal LM (full; LoRA with `lora.merge_on_export`)
+    out/model/          Hugging Face causal LM (full; LoRA with `lora.merge_on_export`,
+                        merged here in the driver after training, see `med42ray.train.merge`)
+    out/merge_check.json  merged vs base + adapter logits (LoRA with `lora.merge_on_export`)
     out/adapter/        PEFT adapter (LoRA), loadable with AutoPeftModelForCausalLM
     out/metrics.jsonl   one JSON line of metrics per optimiser step (rank 0's view)
     out/train_result.json, out/config.yaml
@@ -48,6 +50,7 @@ class TrainResult:
     checkpoint_path: str
     run_dir: str
     state: dict[str, Any] = field(default_factory=dict)
+    merge_check: dict[str, Any] | None = None  # LoRA merged in the driver (`train.merge`)
 
     def weights_to_score(self) -> tuple[Path | None, Path | None]:
         """(model, adapter) an evaluation loads (`Exported.weights_to_score`)."""
@@ -179,6 +182,19 @@ def build_trainer(
     )
 
 
+def merge_lora_export(
+    cfg: ExperimentConfig, exported: Exported, out: Path
+) -> tuple[Exported, dict[str, Any] | None]:
+    """With `lora.merge_on_export`, merge the copied adapter into `out/model` (no DeepSpeed
+    context here, unlike on the workers) and return the merge check."""
+    if not (cfg.train.lora.merge_on_export and exported.adapter is not None):
+        return exported, None
+    from med42ray.train.merge import merge_export
+
+    model_dir, check = merge_export(cfg, resolve_model_path(cfg.model), exported.adapter, out)
+    return Exported(model_dir, exported.adapter), check
+
+
 def run_training(
     cfg: ExperimentConfig,
     train_data: str | Path,
@@ -199,6 +215,7 @@ def run_training(
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     exported, state = export_checkpoint(result.checkpoint, out)
+    exported, merge_check = merge_lora_export(cfg, exported, out)
     (out / "config.yaml").write_text(cfg.to_yaml())
     outcome = TrainResult(
         model_dir=exported.model,
@@ -211,6 +228,7 @@ def run_training(
         checkpoint_path=result.checkpoint.path,
         run_dir=result.path,
         state=state,
+        merge_check=merge_check,
     )
     (out / "train_result.json").write_text(json.dumps(outcome.to_json(), indent=2))
     return outcome

@@ -406,12 +406,14 @@ def best_trial(table: pd.DataFrame, cfg: ExperimentConfig) -> pd.Series | None:
 def export_best(cfg: ExperimentConfig, table: pd.DataFrame, dest: Path) -> Path | None:
     """Copy the best trial's exported model into `dest` (via the train stage's export code)."""
     from med42ray.train.checkpoint import export_checkpoint
+    from med42ray.train.trainer import merge_lora_export
 
     row = best_trial(table, cfg)
     if row is None:
         log.warning("no finished trial with a final checkpoint: no best model exported")
         return None
     exported, state = export_checkpoint(row["checkpoint"], dest)
+    exported, _ = merge_lora_export(cfg, exported, dest)  # LoRA with lora.merge_on_export
     written = {k: v for k, v in (("model", exported.model), ("adapter", exported.adapter)) if v}
     record = {
         "trial_id": row["trial_id"],
