@@ -7,7 +7,7 @@ finished runs (`med42ray report RUN_DIR ...`) without rerunning anything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 
@@ -60,12 +60,11 @@ def order_models(models: Sequence[str]) -> list[str]:
     return known + sorted(m for m in models if m not in MODEL_ORDER)
 
 
-def accuracy_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: one row per benchmark in the paper's order, `acc ± stderr` per model (%).
-
-    `scores` as for :func:`with_average` (which this applies).
-    """
-    scores = with_average(scores)
+def paper_table(
+    scores: pd.DataFrame, cell: Callable[[pd.Series], str], with_n: bool = False
+) -> pd.DataFrame:
+    """Wide table: one row per benchmark in the paper's order (others after, sorted), one
+    `cell(row)` per model (`–` where a model has no score), and the item count when `with_n`."""
     models = order_models(list(dict.fromkeys(scores["model"])))
     known = dict(PAPER_ROWS)
     benchmarks = [b for b, _ in PAPER_ROWS if b in set(scores["benchmark"])]
@@ -75,14 +74,23 @@ def accuracy_table(scores: pd.DataFrame) -> pd.DataFrame:
     for bench in benchmarks:
         row = {"benchmark": known.get(bench, bench)}
         for model in models:
-            if (bench, model) in index.index:
-                hit = index.loc[(bench, model)]
-                row[model] = f"{100 * hit['acc']:.1f} ± {100 * hit['stderr']:.1f}"
-            else:
-                row[model] = "–"
-        row["n"] = int(index.xs(bench, level="benchmark")["n"].max())
+            row[model] = cell(index.loc[(bench, model)]) if (bench, model) in index.index else "–"
+        if with_n:
+            row["n"] = int(index.xs(bench, level="benchmark")["n"].max())
         rows.append(row)
-    return pd.DataFrame(rows, columns=["benchmark", *models, "n"])
+    return pd.DataFrame(rows, columns=["benchmark", *models, *(["n"] if with_n else [])])
+
+
+def accuracy_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: one row per benchmark in the paper's order, `acc ± stderr` per model (%).
+
+    `scores` as for :func:`with_average` (which this applies).
+    """
+    return paper_table(
+        with_average(scores),
+        lambda hit: f"{100 * hit['acc']:.1f} ± {100 * hit['stderr']:.1f}",
+        with_n=True,
+    )
 
 
 def _pct_n(acc: float, n: int) -> str:
@@ -92,24 +100,10 @@ def _pct_n(acc: float, n: int) -> str:
 def clean_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Wide table: one row per benchmark in the paper's order, `all (n) / clean (n_clean)` per
     model (%). `scores` has columns model, benchmark, acc, n, acc_clean, n_clean."""
-    models = order_models(list(dict.fromkeys(scores["model"])))
-    known = dict(PAPER_ROWS)
-    benchmarks = [b for b, _ in PAPER_ROWS if b in set(scores["benchmark"])]
-    benchmarks += sorted(set(scores["benchmark"]) - set(known))
-    index = scores.set_index(["benchmark", "model"])
-    rows = []
-    for bench in benchmarks:
-        row = {"benchmark": known.get(bench, bench)}
-        for model in models:
-            if (bench, model) in index.index:
-                hit = index.loc[(bench, model)]
-                row[model] = (
-                    f"{_pct_n(hit['acc'], hit['n'])} / {_pct_n(hit['acc_clean'], hit['n_clean'])}"
-                )
-            else:
-                row[model] = "–"
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["benchmark", *models])
+    return paper_table(
+        scores,
+        lambda hit: f"{_pct_n(hit['acc'], hit['n'])} / {_pct_n(hit['acc_clean'], hit['n_clean'])}",
+    )
 
 
 def cost_table(train: pd.DataFrame) -> pd.DataFrame:
