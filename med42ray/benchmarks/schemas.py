@@ -97,6 +97,14 @@ def option_text(value: Any, key: str) -> str:
     raise RecordError(f"wrong_type:{key}", "expected {A: text, ...}")
 
 
+def gold_index(rec: Mapping[str, Any], key: str, n_options: int) -> int:
+    """`rec[key]`, a 0-based option index, range-checked against `n_options`."""
+    gold = field_value(rec, key, int)
+    if not 0 <= gold < n_options:
+        raise RecordError(f"wrong_type:{key}", f"{gold} is not in 0..{n_options - 1}")
+    return gold
+
+
 def _record_id(rec: Mapping[str, Any], key: str, index: int) -> str:
     return str(rec.get(key, index))
 
@@ -142,9 +150,7 @@ def medqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
     `-hf` twin that lm-eval reads (`sent1`, `ending0..3`, `label`)."""
     if "sent1" in rec:
         choices = tuple(option_text(rec.get(f"ending{i}"), f"ending{i}") for i in range(4))
-        gold = field_value(rec, "label", int)
-        if not 0 <= gold < 4:
-            raise RecordError("wrong_type:label", f"{gold} is not in 0..3")
+        gold = gold_index(rec, "label", len(choices))
         question = field_value(rec, "sent1")
         return BenchmarkItem(
             task, _record_id(rec, "id", index), question, choices, tuple(LETTERS[:4]), gold
@@ -156,11 +162,9 @@ def medmcqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
     """openlifescienceai/medmcqa: `question`, `opa..opd`, `cop` (0-3; the original release's
     1-based `cop` is rebased by its reader, `forms.medmcqa_cop_base`), `exp`, `subject_name`."""
     choices = tuple(field_value(rec, k) for k in ("opa", "opb", "opc", "opd"))
-    cop = field_value(rec, "cop", int)
-    if cop == -1:
+    if rec.get("cop") == -1:
         raise RecordError("unlabelled:cop", "-1: the hub's test split hides its answers")
-    if not 0 <= cop < 4:
-        raise RecordError("wrong_type:cop", f"{cop} is not in 0..3")
+    cop = gold_index(rec, "cop", len(choices))
     return BenchmarkItem(
         task,
         _record_id(rec, "id", index),
@@ -236,9 +240,7 @@ def headqa(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
 def mmlu(task: str, index: int, rec: Mapping[str, Any]) -> BenchmarkItem:
     """cais/mmlu: `question`, `choices` [..], `answer` (0-based), `subject`."""
     choices = tuple(option_text(c, "choices") for c in field_value(rec, "choices", list))
-    gold = field_value(rec, "answer", int)
-    if not 0 <= gold < len(choices):
-        raise RecordError("wrong_type:answer", f"{gold} is not an option index")
+    gold = gold_index(rec, "answer", len(choices))
     return BenchmarkItem(
         task,
         _record_id(rec, "id", index),
