@@ -417,7 +417,22 @@ class ResourcesConfig(Section):
         default=None,
         description="Read hub datasets (benchmarks, `hf://` sources) from a mirror instead of "
         "the hub: a folder or object-store prefix holding `datasets/<owner>/<name>` laid out as "
-        "the hub repository is (its files and dataset card). Default: the hub.",
+        "the hub repository is (its files and dataset card), and hub models from "
+        "`models/<owner>/<name>`. On object storage each node copies what it reads into its "
+        "own cache once. Default: the hub.",
+    )
+    accelerator_resource: str | None = Field(
+        default=None,
+        description="A custom Ray resource that every training worker and evaluation actor "
+        "also asks for, one unit per GPU it uses (one per worker or actor on CPU): pins them "
+        "to the nodes that advertise it, e.g. a GPU node type's label, or `fake_gpu` in the "
+        "cluster rehearsal. Default: none.",
+    )
+    shared_filesystem: bool = Field(
+        default=False,
+        description="The run folder (`--out`) is on a filesystem every node mounts (EFS, "
+        "a PVC). Without it, a local `--out` on a cluster of several nodes is refused: use an "
+        "object-store URI.",
     )
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from med42ray import storage
+
 
 def hub_token() -> str | None:
     """The Hugging Face token, from the environment only."""
@@ -25,10 +27,12 @@ def dataset_location(repo_id: str, mirror: str | None = None) -> str:
     """Where `datasets.load_dataset` reads hub dataset `repo_id`: the hub itself, or, with a
     mirror (`resources.hub_mirror`: a folder or object-store prefix), its copy at
     `<mirror>/datasets/<owner>/<name>`, laid out as the hub repository is (the same files, the
-    dataset card's `configs:` section), so the same loading code reads both."""
+    dataset card's `configs:` section), so the same loading code reads both. A mirror on object
+    storage is copied into this node's cache once (`storage.local_copy`) and read from there."""
     if not mirror:
         return repo_id
-    return f"{mirror.rstrip('/')}/datasets/{repo_id}"
+    location = f"{mirror.rstrip('/')}/datasets/{repo_id}"
+    return str(storage.local_copy(location)) if storage.is_uri(location) else location
 
 
 def model_location(repo_id: str, mirror: str | None = None) -> str:

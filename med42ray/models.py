@@ -11,6 +11,7 @@ the environment (`med42ray.hub`), never from a config.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,25 +44,64 @@ def folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
+CHECKSUMS_FILE = "checksums.json"
+"""Beside exported weights: {file: sha256}, written by the exporter before it uploads them."""
+
+
 def weights_identity(name_or_path: str, revision: str | None = None) -> str:
     """What identifies the weights at `name_or_path`: a local folder's content hash (so new
-    weights written into the same folder are new weights), else the hub id at `revision`."""
+    weights written into the same folder are new weights); an object-store folder's
+    `checksums.json` (written with every export, so nothing is downloaded to key it), else its
+    file names and sizes; else the hub id at `revision`."""
+    from med42ray import storage
+
+    if storage.is_uri(name_or_path):
+        sums = storage.join(name_or_path, CHECKSUMS_FILE)
+        if storage.is_file(sums):
+            return "sha256:" + hashlib.sha256(storage.read_bytes(sums)).hexdigest()
+        listing = json.dumps(storage.list_files(name_or_path), sort_keys=True).encode()
+        return "listing:" + hashlib.sha256(listing).hexdigest()
     path = Path(name_or_path)
     if path.is_dir():
         return f"sha256:{folder_digest(path)}"
     return f"{name_or_path}@{revision or 'main'}"
 
 
-def resolve_model_path(cfg: ModelConfig) -> str:
-    """Hub id or folder to hand to `from_pretrained`; builds the tiny model when asked for.
+def write_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a local export folder, written into it as `checksums.json`."""
+    sums = {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS_FILE
+    }
+    (Path(folder) / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1, sort_keys=True))
+    return sums
+
+
+def resolve_model_path(cfg: ModelConfig, mirror: str | None = None) -> str:
+    """Hub id or folder to hand to `from_pretrained` on this node; builds the tiny model when
+    asked for.
 
     A local folder comes back absolute, so Ray workers load the same folder whatever their
-    working directory.
+    working directory. With a hub mirror (`resources.hub_mirror`) a hub id is read from
+    `<mirror>/models/<id>`: a folder, or an object-store prefix that this node copies into its
+    cache once (`storage.local_copy`). An object-store URI as `name_or_path` (e.g. a model
+    another stage exported) is copied the same way. Every node calls this itself: a path that
+    one node resolved means nothing on another.
     """
+    from med42ray import storage
+    from med42ray.hub import model_location
+
     if cfg.name_or_path == TINY:
         return str(build_tiny_model(cfg.tiny))
+    if storage.is_uri(cfg.name_or_path):
+        return str(storage.local_copy(cfg.name_or_path))
     local = local_model_dir(cfg.name_or_path)
-    return str(local) if local else cfg.name_or_path
+    if local:
+        return str(local)
+    if mirror:
+        return str(storage.local_copy(model_location(cfg.name_or_path, mirror)).resolve())
+    return cfg.name_or_path
 
 
 def bf16_available(use_gpu: bool) -> bool:

@@ -122,3 +122,59 @@ def ray_session():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+# ------------------------------------------------------------------------- object storage
+#: The S3 endpoint the tests' object storage (moto's server, from `.venv-rehearsal`, the
+#: rehearsal's) listens on. Set at import, before any Ray starts, so every Ray worker process
+#: reaches it through the environment, as a cluster's nodes reach MinIO or S3.
+S3_PORT = int(os.environ.get("MED42RAY_TEST_S3_PORT", 9000 + os.getpid() % 900))
+os.environ.setdefault("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{S3_PORT}")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+MOTO = REPO / ".venv-rehearsal" / "bin" / "moto_server"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3 server on 127.0.0.1 for the whole run (moto's; `scripts/rehearsal/setup.sh`
+    installs it), stopped by its process id. Yields the endpoint URL."""
+    import subprocess
+    import time
+    import urllib.request
+
+    if not MOTO.exists():
+        subprocess.run(["bash", str(REPO / "scripts/rehearsal/setup.sh")], check=True)
+    endpoint = os.environ["AWS_ENDPOINT_URL_S3"]
+    proc = subprocess.Popen(
+        [str(MOTO), "-H", "127.0.0.1", "-p", endpoint.rsplit(":", 1)[1]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise RuntimeError(f"moto_server did not start on {endpoint}")
+    yield endpoint
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A fresh bucket per test: `s3://<name>`."""
+    import re
+    import urllib.request
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{name}-{uuid.uuid4().hex[:6]}"
+    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/{name}", method="PUT"))
+    return f"s3://{name}"
