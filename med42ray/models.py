@@ -104,6 +104,35 @@ def resolve_model_path(cfg: ModelConfig, mirror: str | None = None) -> str:
     return cfg.name_or_path
 
 
+#: What a tokenizer (and its model's config) needs from a model folder: all a driver fetches.
+TOKENIZER_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "chat_template.*",
+    "*.model",
+    "vocab.*",
+    "merges.txt",
+    "adapter_config.json",
+)
+
+
+def resolve_tokenizer_path(cfg: ModelConfig, mirror: str | None = None) -> str:
+    """Like `resolve_model_path`, but from object storage only the tokenizer's and config's
+    files are fetched: what a driver needs to render prompts, without the weights."""
+    from med42ray import storage
+    from med42ray.hub import model_location
+
+    location = cfg.name_or_path
+    on_hub = location != TINY and not storage.is_uri(location) and not local_model_dir(location)
+    if mirror and on_hub:
+        location = model_location(location, mirror)
+    if storage.is_uri(location):
+        return str(storage.local_copy(location, TOKENIZER_FILES))
+    return resolve_model_path(cfg, mirror)
+
+
 def bf16_available(use_gpu: bool) -> bool:
     """Whether `auto` precision means bf16: on GPUs that support it, never on CPU."""
     import torch

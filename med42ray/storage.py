@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,7 @@ def list_files(location: str | Path) -> dict[str, int]:
         return {}
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     root = root.rstrip("/") + "/"
-    return {
-        info.path[len(root) :]: info.size for info in infos if info.type == pafs.FileType.File
-    }
+    return {info.path[len(root) :]: info.size for info in infos if info.type == pafs.FileType.File}
 
 
 def _stamps(location: str | Path) -> dict[str, list]:
@@ -219,21 +218,26 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def local_copy(location: str | Path) -> Path:
+def local_copy(location: str | Path, patterns: Iterable[str] | None = None) -> Path:
     """A local folder with the content of `location`: the path itself when it is local, else a
     copy in this node's cache, fetched once per node (a lock keeps the actors and workers of one
     node from fetching it twice) and fetched again when a remote file's size or time changes.
 
     This is how a node reads a model, an adapter or a mirrored dataset that another node wrote:
-    loaders (`from_pretrained`, vLLM, `datasets`) then read an ordinary folder.
+    loaders (`from_pretrained`, vLLM, `datasets`) then read an ordinary folder. With
+    `patterns` (shell globs on the relative paths, e.g. the tokenizer's files) only the matching
+    files are fetched, into a copy of their own.
     """
     if not is_uri(location):
         return Path(location)
     listing = _stamps(location)
     if not listing:
         raise FileNotFoundError(f"{location}: no such folder in object storage")
+    if patterns is not None:
+        patterns = sorted(patterns)
+        listing = {k: v for k, v in listing.items() if any(fnmatch(k, p) for p in patterns)}
     name = str(location).rstrip("/").rsplit("/", 1)[-1]
-    digest = hashlib.sha256(str(location).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{location}|{patterns}".encode()).hexdigest()[:16]
     target = node_cache() / f"{digest}-{name}"
     with _locked(node_cache() / f".{digest}.lock"):
         marker = target / COPY_MARKER
@@ -241,7 +245,7 @@ def local_copy(location: str | Path) -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=node_cache()))
         try:
-            got = download(location, tmp)
+            got = download(location, tmp, files=list(listing))
             (tmp / COPY_MARKER).write_text(json.dumps(listing, sort_keys=True))
             if target.exists():
                 shutil.rmtree(target)

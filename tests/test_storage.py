@@ -74,3 +74,14 @@ def test_local_paths_are_not_uris():
     assert storage.is_uri("s3://b/k") and storage.is_uri("gs://b")
     assert not storage.is_uri("/tmp/x") and not storage.is_uri("file:///tmp/x")
     assert storage.join("s3://b/", "x", "/y") == "s3://b/x/y"
+
+
+def test_local_copy_with_patterns_fetches_only_matching_files(s3_bucket, tmp_path):
+    uri = f"{s3_bucket}/models/m"
+    storage.upload(_folder(tmp_path), uri)
+    only = storage.local_copy(uri, ["*.txt"])
+    assert sorted(p.name for p in only.rglob("*") if p.is_file()) == [
+        ".med42ray-copy.json",
+        "a.txt",
+    ]
+    assert storage.local_copy(uri) != only  # the whole copy is a copy of its own
