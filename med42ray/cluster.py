@@ -64,3 +64,11 @@ def init_ray(
         log.info("joining Ray at %s", target)
     ray.init(address=target, **{k: v for k, v in options.items() if v is not None})
     return ray.cluster_resources()
+
+
+def alive_nodes(address: str | None = None) -> int:
+    """How many nodes of the cluster (joined, or started locally) are alive."""
+    import ray
+
+    init_ray(address)
+    return sum(1 for node in ray.nodes() if node.get("Alive"))

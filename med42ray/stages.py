@@ -9,6 +9,12 @@ a stage that was stopped midway runs again in the same folder, where its own res
 `RUN_DIR/run.json` (the run index) names the current folder of every stage, so a report can be
 rebuilt from whatever has finished. Everything here writes atomically (`atomic_write`,
 `atomic_dir`): a crash never leaves a half-written marker, index or output folder.
+
+A run folder may live in object storage (`--out s3://bucket/run`, a `RunFolder` with a
+`remote`): the driver then works in a local copy, each finished stage is uploaded before its
+marker (written last, in storage), and a stage found finished in storage is fetched without its
+bulky outputs (`BULKY`: shards, weights, checkpoints, evaluation parts), which the nodes that
+need them read from storage themselves.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from med42ray import storage
 
 log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
@@ -92,6 +100,62 @@ def write_json(path: Path, value: Any) -> Path:
     return atomic_write(path, json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+# --------------------------------------------------------------------------- run folders
+#: Stage sub-folders the driver never downloads from storage: prepared shards, exported
+#: weights, Ray Train checkpoints, evaluation parts. Workers and actors read them in place.
+BULKY = ("train/", "eval/", "model/", "adapter/", "ray_results/", "parts/")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Where a run lives (`remote`: an object-store URI, or None for a local folder) and where
+    the driver works on it (`local`: the folder itself, or the driver's copy of the remote one).
+    """
+
+    local: Path
+    remote: str | None = None
+
+    @classmethod
+    def open(cls, out: str | Path) -> RunFolder:
+        """`--out` as given: a local folder, or a URI whose working copy lives in this node's
+        cache (`MED42RAY_CACHE`/runs/...)."""
+        if not storage.is_uri(out):
+            return cls(Path(out).resolve())
+        remote = str(out).rstrip("/")
+        slug = remote.split("://", 1)[1].replace("/", "__")
+        return cls(storage.node_cache().parent / "runs" / slug, remote)
+
+    @property
+    def location(self) -> str:
+        """The run folder as other nodes reach it."""
+        return self.remote or str(self.local)
+
+    def location_of(self, local: Path) -> str:
+        """Where a path under `local` lives for other nodes."""
+        rel = Path(local).resolve().relative_to(self.local.resolve()).as_posix()
+        return storage.join(self.location, rel) if rel != "." else self.location
+
+    def publish(self, rel: str) -> None:
+        """Upload `local/rel` (a file or folder) to the run's storage (no-op when local)."""
+        if self.remote and (self.local / rel).exists():
+            storage.upload(self.local / rel, storage.join(self.remote, rel))
+
+    def fetch(self, rel: str = "") -> None:
+        """Download `rel` (default: the whole run) from storage into the working copy, without
+        the stages' bulky outputs (`BULKY`). No-op when local."""
+        if not self.remote:
+            return
+        source = storage.join(self.remote, rel) if rel else self.remote
+        files = [f for f in storage.list_files(source) if not _bulky(f, nested=not rel)]
+        storage.download(source, self.local / rel, files=files)
+
+
+def _bulky(rel: str, nested: bool) -> bool:
+    """Whether a file (relative to a stage folder, or to the run when `nested`) is bulky."""
+    inside = rel.split("/", 1)[1] if nested and "/" in rel else rel
+    return inside.startswith(BULKY)
+
+
 # ------------------------------------------------------------------------------ the index
 def package_versions() -> dict[str, str]:
     """Versions of the stack, as installed (missing optional packages are reported as such)."""
@@ -106,8 +170,13 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-def new_index(run_dir: Path, name: str, strategies: list[str]) -> dict[str, Any]:
+def _as_run(run: RunFolder | Path) -> RunFolder:
+    return run if isinstance(run, RunFolder) else RunFolder(Path(run))
+
+
+def new_index(run: RunFolder | Path, name: str, strategies: list[str]) -> dict[str, Any]:
     """Start `run.json` for a run: its name, strategies, start time and package versions."""
+    run = _as_run(run)
     index = {
         "name": name,
         "strategies": strategies,
@@ -115,8 +184,14 @@ def new_index(run_dir: Path, name: str, strategies: list[str]) -> dict[str, Any]
         "started_at": time.time(),
         "versions": {"python": platform.python_version(), **package_versions()},
     }
-    write_json(Path(run_dir) / INDEX_FILE, index)
+    _write_index(run, index)
     return index
+
+
+def _write_index(run: RunFolder, index: dict[str, Any]) -> None:
+    run.local.mkdir(parents=True, exist_ok=True)
+    write_json(run.local / INDEX_FILE, index)
+    run.publish(INDEX_FILE)
 
 
 def read_index(run_dir: Path) -> dict[str, Any]:
@@ -127,24 +202,25 @@ def read_index(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def record_stage(run_dir: Path, index: dict[str, Any], stage: StageResult) -> None:
+def record_stage(run: RunFolder | Path, index: dict[str, Any], stage: StageResult) -> None:
     """Name `stage`'s folder in the index and write it."""
     index["stages"][stage.name] = stage.folder.name
-    write_json(Path(run_dir) / INDEX_FILE, index)
+    _write_index(_as_run(run), index)
 
 
-def finish_index(run_dir: Path, index: dict[str, Any]) -> None:
+def finish_index(run: RunFolder | Path, index: dict[str, Any]) -> None:
     index["finished_at"] = time.time()
-    write_json(Path(run_dir) / INDEX_FILE, index)
+    _write_index(_as_run(run), index)
 
 
 @dataclass(frozen=True)
 class StageResult:
     name: str
     key: str
-    folder: Path
+    folder: Path  # the driver's copy
     summary: dict[str, Any]
     cached: bool
+    location: str = ""  # where other nodes reach the folder (a URI on object storage)
 
 
 def file_digest(path: Path) -> str:
@@ -185,24 +261,38 @@ def finished(folder: Path) -> dict[str, Any] | None:
     return json.loads(marker.read_text()) if marker.is_file() else None
 
 
+def _finished_in(run: RunFolder, rel: str) -> dict[str, Any] | None:
+    if not run.remote:
+        return finished(run.local / rel)
+    marker = storage.join(run.remote, rel, STAGE_FILE)
+    return json.loads(storage.read_text(marker)) if storage.is_file(marker) else None
+
+
 def run_stage(
-    run_dir: Path,
+    run: RunFolder | Path,
     name: str,
     inputs: dict[str, Any],
     work: Callable[[Path], dict[str, Any]],
     resolved_config: str | None = None,
 ) -> StageResult:
-    """Run `work(folder)` unless a finished stage with the same inputs exists; mark it done."""
+    """Run `work(folder)` unless a finished stage with the same inputs exists; mark it done.
+
+    With a remote run folder the stage's folder is fetched first (a finished one, or what an
+    interrupted one left), and uploaded when `work` returns, before the marker."""
+    run = _as_run(run)
     key = stage_key(inputs)
-    folder = run_dir / f"{name}-{key}"
-    done = finished(folder)
+    rel = f"{name}-{key}"
+    folder = run.local / rel
+    location = storage.join(run.location, rel) if run.remote else str(folder)
+    run.fetch(rel)
+    done = _finished_in(run, rel)
     if done is not None:
-        log.info("stage %s: cached (%s)", name, folder)
-        return StageResult(name, key, folder, done["summary"], cached=True)
+        log.info("stage %s: cached (%s)", name, location)
+        return StageResult(name, key, folder, done["summary"], cached=True, location=location)
     folder.mkdir(parents=True, exist_ok=True)
     if resolved_config is not None:
         (folder / "config.yaml").write_text(resolved_config)
-    log.info("stage %s: running in %s", name, folder)
+    log.info("stage %s: running in %s", name, location)
     start = time.time()
     summary = work(folder)
     record = {
@@ -213,5 +303,8 @@ def run_stage(
         "wall_s": round(time.time() - start, 3),
         "finished_at": time.time(),
     }
+    (folder / STAGE_FILE).unlink(missing_ok=True)
+    run.publish(rel)
     write_json(folder / STAGE_FILE, record)
-    return StageResult(name, key, folder, summary, cached=False)
+    run.publish(f"{rel}/{STAGE_FILE}")  # last: the stage is done once this is in storage
+    return StageResult(name, key, folder, summary, cached=False, location=location)

@@ -57,3 +57,57 @@ def test_interrupted_stage_resumes_in_the_same_folder(tmp_path: Path) -> None:
     result = run_stage(tmp_path, "train", {"k": 1}, resume)
     assert seen["checkpoint"] == "step 5"
     assert result.summary == {"resumed": True} and not result.cached
+
+
+def test_a_run_in_object_storage_is_published_stage_by_stage(s3_bucket, tmp_path, monkeypatch):
+    """With `--out s3://...` the driver works in a local copy; a finished stage is uploaded
+    before its marker; another driver (an empty cache: a new head node) finds it finished and
+    fetches it without its bulky outputs."""
+    from med42ray import storage
+    from med42ray.stages import RunFolder, new_index, record_stage
+
+    monkeypatch.setenv("MED42RAY_CACHE", str(tmp_path / "head-1"))
+    run = RunFolder.open(f"{s3_bucket}/runs/r1")
+    assert run.local.is_relative_to(tmp_path / "head-1") and run.remote.endswith("/runs/r1")
+
+    def work(folder: Path) -> dict:
+        (folder / "manifest.json").write_text("{}")
+        (folder / "train").mkdir()
+        (folder / "train" / "part-00000.parquet").write_bytes(b"x" * 4096)
+        assert run.location_of(folder) == f"{run.remote}/{folder.name}"
+        return {"rows": 3}
+
+    index = new_index(run, "r1", ["full"])
+    first = run_stage(run, "data", {"cfg": 1}, work)
+    record_stage(run, index, first)
+    assert first.location == f"{run.remote}/{first.folder.name}"
+    remote = storage.list_files(run.remote)
+    assert {f"{first.folder.name}/train/part-00000.parquet", "run.json"} <= set(remote)
+    assert f"{first.folder.name}/{STAGE_FILE}" in remote
+
+    monkeypatch.setenv("MED42RAY_CACHE", str(tmp_path / "head-2"))  # another driver node
+    again_run = RunFolder.open(f"{s3_bucket}/runs/r1")
+    calls = []
+    again = run_stage(again_run, "data", {"cfg": 1}, lambda f: calls.append(f) or {})
+    assert again.cached and not calls and again.summary == {"rows": 3}
+    assert (again.folder / "manifest.json").is_file()
+    assert not (again.folder / "train").exists()  # shards stay in storage
+    again_run.fetch()
+    assert json.loads((again_run.local / "run.json").read_text())["stages"] == {
+        "data": first.folder.name
+    }
+
+
+def test_a_failed_remote_stage_leaves_no_marker(s3_bucket, tmp_path, monkeypatch):
+    from med42ray import storage
+    from med42ray.stages import RunFolder
+
+    monkeypatch.setenv("MED42RAY_CACHE", str(tmp_path / "head"))
+    run = RunFolder.open(f"{s3_bucket}/runs/r2")
+
+    def crash(folder: Path) -> dict:
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        run_stage(run, "train", {"k": 1}, crash)
+    assert not any(f.endswith(STAGE_FILE) for f in storage.list_files(run.remote))
