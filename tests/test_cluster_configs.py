@@ -79,3 +79,36 @@ def test_rayjob_runs_shipped_configs_through_real_commands() -> None:
 def test_no_secret_is_written_in_cluster_files() -> None:
     for path in Path(CLUSTER).iterdir():
         assert not re.search(r"\bhf_[A-Za-z0-9]{30,}", path.read_text()), path
+
+
+def _run_commands(text: str) -> list[str]:
+    """Every `med42ray run ...` command in a file (joined across `\\` and `>-` line breaks)."""
+    flat = re.sub(r"\\\n#?\s*", " ", text)
+    flat = re.sub(r">-\n\s+", "", flat)
+    flat = re.sub(r"\n\s+--set", " --set", flat)
+    return re.findall(r"med42ray run [^\n]*", flat)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["aws.yaml", "kuberay-raycluster.yaml", "kuberay-rayjob.yaml", "../README.md"],
+)
+def test_cluster_runs_write_to_object_storage_or_a_declared_shared_volume(name: str) -> None:
+    """The nodes share no filesystem: a run's `--out` is an object-store URI, or a volume the
+    command declares shared (`resources.shared_filesystem`), never a bare local path."""
+    text = (CLUSTER / name).read_text()
+    if name.endswith("README.md"):
+        text = text.split("## Running on a cluster", 1)[1].split("\n## ", 1)[0]
+    commands = [c for c in _run_commands(text) if "--out" in c]
+    assert commands, name
+    for command in commands:
+        out = re.search(r"--out (\S+)", command).group(1)
+        if out.startswith(("outputs/", "$OUT", "OUT")):  # the README's one-machine examples
+            continue
+        assert out.startswith(("s3://", "gs://")) or "shared_filesystem=true" in command, command
+
+
+def test_no_secret_in_the_runtime_env() -> None:
+    env = load("runtime_env.yaml").get("env_vars", {})
+    assert not [k for k in env if re.search(r"(^|_)(TOKEN|SECRET|PASSWORD|KEY)(_|$)", k)]
+    assert "HF_TOKEN" not in (CLUSTER / "runtime_env.yaml").read_text().split("env_vars:")[1]
