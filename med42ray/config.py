@@ -97,6 +97,37 @@ class NearDedupConfig(Section):
         return self
 
 
+class ParaphraseConfig(Section):
+    """The paraphrase check (LMSYS's llm-decontaminator: reworded test items evade n-gram
+    filters): for every benchmark item, its `top_k` nearest training records by a similarity
+    that survives rewording, listed "to review" in the data stage's `paraphrase.md`. Nothing is
+    removed unless `remove_above` is set."""
+
+    enabled: bool = False
+    method: Literal["tfidf", "embedding"] = Field(
+        default="tfidf",
+        description="`tfidf`: cosine of word 1-2 gram TF-IDF vectors (no download); "
+        "`embedding`: cosine of mean-pooled hidden states of `model`.",
+    )
+    model: str | None = Field(
+        default=None, description="`embedding`'s model: a hub id or folder (e.g. an encoder)."
+    )
+    top_k: int = Field(default=3, gt=0)
+    remove_above: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Remove training records at least this similar to an item (default: "
+        "review only).",
+    )
+
+    @model_validator(mode="after")
+    def _embedding_needs_a_model(self) -> ParaphraseConfig:
+        if self.method == "embedding" and not self.model:
+            raise ValueError("method `embedding` needs `model` (a hub id or folder)")
+        return self
+
+
 class DecontamConfig(Section):
     """Benchmark decontamination. A record is removed when it holds enough of ONE benchmark
     item: `min_coverage` of the item's distinctive n-grams, or `min_contiguous_words` contiguous
@@ -136,6 +167,7 @@ class DecontamConfig(Section):
     benchmarks: list[str] | None = Field(
         default=None, description="Benchmarks to index; default: those in `eval.benchmarks`."
     )
+    paraphrase: ParaphraseConfig = Field(default_factory=ParaphraseConfig)
 
     @property
     def coverage(self) -> float:
@@ -379,6 +411,12 @@ class EvalConfig(Section):
         "the format small base models can answer; log-likelihood scoring only.",
     )
     num_fewshot: int = Field(default=0, ge=0)
+    limit: int | None = Field(
+        default=None,
+        gt=0,
+        description="Score only the first N items of every benchmark (lm-eval's `--limit`): "
+        "smoke runs and rehearsals, never a reported score. A benchmark's own `limit` wins.",
+    )
     use_chat_template: bool = False
     batch_size: int = Field(default=16, gt=0)
     max_model_len: int = Field(default=4096, gt=0)

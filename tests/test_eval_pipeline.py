@@ -10,6 +10,8 @@ import pytest
 
 from med42ray.config import parse_config
 
+from .conftest import small_config
+
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 BENCHMARKS = [
     {"name": "medqa", "path": str(FIX / "medqa.jsonl")},
@@ -130,3 +132,107 @@ def test_generate_scoring(tiny_config, ray_session, tmp_path):
         assert task.loc[name, "unparsed"] == pytest.approx((~part["parsed"]).mean())
         assert task.loc[name, "acc"] == pytest.approx(part["correct"].mean())
     assert set(summary["model"]) == {"tiny-gen"} and set(summary["scoring"]) == {"generate"}
+
+
+# ------------------------------------------------------------------------------- placement
+def test_actor_placement_from_config():
+    from med42ray.config import EvalConfig, ResourcesConfig
+    from med42ray.eval.placement import actor_placement
+
+    cpu = actor_placement(EvalConfig(), ResourcesConfig())
+    assert (cpu.num_cpus, cpu.num_gpus, cpu.resources, cpu.bundles) == (1, 0, {}, None)
+    fake = ResourcesConfig(accelerator_resource="fake_gpu")
+    assert actor_placement(EvalConfig(), fake).resources == {"fake_gpu": 1}  # one per actor
+    gpu = actor_placement(EvalConfig(gpus_per_actor=2), fake)
+    assert gpu.num_gpus == 2 and gpu.resources == {"fake_gpu": 2} and gpu.bundles is None
+
+    tp = EvalConfig(engine="vllm", gpus_per_actor=1, tensor_parallel_size=3)
+    vllm = actor_placement(tp, fake)  # vLLM's Ray workers take the bundles' GPUs
+    assert vllm.bundles == [{"CPU": 1, "GPU": 1, "fake_gpu": 1}] + [{"GPU": 1, "fake_gpu": 1}] * 2
+    assert (vllm.num_cpus, vllm.num_gpus, vllm.resources, vllm.strategy) == (
+        1, 0, {}, "STRICT_PACK",
+    )  # fmt: skip
+    hf = actor_placement(tp.model_copy(update={"engine": "hf"}), ResourcesConfig())
+    assert hf.num_gpus == 1 and hf.bundles == [{"CPU": 1, "GPU": 1}] + [{"GPU": 1}] * 2
+    rehearsal = actor_placement(EvalConfig(tensor_parallel_size=2), fake)
+    assert rehearsal.bundles == [{"CPU": 1, "fake_gpu": 1}, {"fake_gpu": 1}]
+    assert rehearsal.resources == {"fake_gpu": 1} and rehearsal.num_gpus == 0
+    plain = actor_placement(EvalConfig(tensor_parallel_size=2), ResourcesConfig())
+    assert plain.bundles == [{"CPU": 1}, {"CPU": 1}]
+
+
+#: Run in a Ray of its own (2 CPUs and 4 `fake_gpu`, the cluster rehearsal's stand-in for GPUs):
+#: run_eval with the placement groups' tables recorded as they are created.
+TP_SCRIPT = """
+import json, sys
+import ray
+import med42ray.eval.placement as placement
+from med42ray.config import parse_config
+from med42ray.eval import run_eval
+
+ray.init(address="local", num_cpus=2, resources={"fake_gpu": 4}, include_dashboard=False)
+seen, create = [], placement.create_groups
+def spy(spec, n):
+    groups = create(spec, n)
+    seen.extend(ray.util.placement_group_table(g) for g in groups)
+    return groups
+placement.create_groups = spy
+run_eval(parse_config(json.loads(open(sys.argv[1]).read())), sys.argv[2])
+table = ray.util.placement_group_table()
+after = {g["placement_group_id"]: table[g["placement_group_id"]]["state"] for g in seen}
+print("RESULT " + json.dumps({"seen": seen, "after": after}, default=str))
+"""
+
+
+def test_tensor_parallel_actors_get_placement_groups(full_run, tiny_config, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cfg = config(tiny_config, num_actors=2, tensor_parallel_size=2)
+    raw = cfg.model_dump(mode="json")
+    raw["eval"]["benchmarks"] = BENCHMARKS[:2]
+    raw["resources"]["accelerator_resource"] = "fake_gpu"
+    (tmp_path / "cfg.json").write_text(json.dumps(raw))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", TP_SCRIPT, str(tmp_path / "cfg.json"), str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (line,) = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+
+    assert len(result["seen"]) == 2  # one group per actor
+    for table in result["seen"]:
+        assert table["strategy"] == "STRICT_PACK" and table["state"] == "CREATED"
+        assert [b["fake_gpu"] for b in table["bundles"].values()] == [1, 1]
+        assert len(set(table["bundles_to_node_id"].values())) == 1  # one node
+    assert set(result["after"].values()) == {"REMOVED"}  # the groups end with the scoring
+    record = json.loads((tmp_path / "out" / "eval.json").read_text())
+    groups = {t["placement_group_id"] for t in result["seen"]}
+    assert {a["placement_group"] for a in record["placement"]["actors"]} == groups
+    assert record["placement"]["bundles"] == [{"CPU": 1, "fake_gpu": 1}, {"fake_gpu": 1}]
+
+    # tensor parallelism is placement only here: the Transformers engine scores as without it
+    a = pd.read_parquet(full_run[0] / "predictions.parquet")
+    b = pd.read_parquet(tmp_path / "out" / "predictions.parquet")
+    a = a[a["benchmark"].isin(set(b["benchmark"]))].reset_index(drop=True)
+    assert list(a["item_id"]) == list(b["item_id"]) and list(a["pred"]) == list(b["pred"])
+    for x, y in zip(a["loglikelihoods"], b["loglikelihoods"], strict=True):
+        assert list(x) == pytest.approx(list(y), abs=1e-4)
+
+
+def test_eval_limit_scores_the_first_items_of_every_benchmark(tiny_config, tiny_model_path):
+    """`eval.limit` (lm-eval's --limit) cuts every benchmark; a benchmark's own limit wins."""
+    from transformers import AutoTokenizer
+
+    from med42ray.eval.runner import prepare_tasks
+
+    benchmarks = [b.model_dump(mode="json") for b in tiny_config.eval.benchmarks[:2]]
+    benchmarks[1]["limit"] = 2
+    cfg = small_config(overrides={"eval.benchmarks": benchmarks, "eval.limit": 3})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    runs = prepare_tasks(cfg, tokenizer)
+    assert [len(r.items) for r in runs] == [3, 2]
+    assert [r.provenance["scored"] for r in runs] == [3, 2]

@@ -4,22 +4,28 @@
 asks the run's :class:`~med42ray.eval.scoring.Scoring` (``eval.scoring``) for its requests, and
 streams them through a Ray Data pipeline whose ``map_batches`` stage is a pool of
 ``eval.num_actors`` :class:`ScoringActor` s, each holding one inference engine
-(:mod:`~med42ray.eval.engines`) and scoring its batches the way the scoring mode says. Every
-finished batch is written at once as a Parquet part under ``OUT/parts/<run key>/`` (atomically,
-named by the hash of its request keys), so a crash loses at most the batches in flight and a
-rerun scores only the requests no part holds yet. The run key hashes the weights (a local
-folder by its content, not its path: retrained weights in the same folder are scored anew), the
-engine, the scoring mode (and its settings), the prompt formats and the benchmarks' content
-hashes: a changed prompt or a corrected benchmark file never reuses stale scores.
-The scoring mode then reads each item's prediction from its parts; :mod:`~med42ray.eval.metrics`
-makes the summary.
+(:mod:`~med42ray.eval.engines`) and scoring its batches the way the scoring mode says (with
+tensor parallelism, plain Ray actors in placement groups of their own:
+:mod:`~med42ray.eval.placement`). The cluster shares nothing but object storage: the model and
+adapter are locations (a folder, a hub id, an ``s3://`` URI) that every actor resolves on its
+own node, and the driver fetches only the tokenizer's files to render the prompts. Every
+finished batch is written at once as a Parquet part under ``<parts>/<run key>/`` (default
+``OUT/parts``; a folder or an object-store prefix; one atomic write each, named by the hash of
+its request keys), so a crash loses at most the batches in flight and a rerun, on any node,
+scores only the requests no part holds yet. The run key hashes the weights (a local folder by
+its content, not its path: retrained weights in the same folder are scored anew; an export in
+object storage by its ``checksums.json``), the engine, the scoring mode (and its settings), the
+prompt formats and the benchmarks' content hashes: a changed prompt or a corrected benchmark
+file never reuses stale scores. The scoring mode then reads each item's prediction from its
+parts; :mod:`~med42ray.eval.metrics` makes the summary.
 
 Outputs in ``OUT`` (each written atomically): ``predictions.parquet`` and ``predictions.jsonl``
 (one row per item: prompt hash, option log-likelihoods or the generated text, prediction,
 acc_norm prediction, gold, correct, ``clean``: no overlap with the training data, from the
 data stage's ``overlap.json``), ``summary.csv`` and ``summary.md`` (per benchmark, per
 subset, per group; ``n_clean`` / ``acc_clean`` on the clean items), ``eval.json`` (what
-the run did) and ``config.yaml`` (the resolved config).
+the run did: the model's location, the parts, the bytes the driver and the actors moved, the
+placement) and ``config.yaml`` (the resolved config).
 
 Why the vLLM path also runs in our actor pool rather than through ``ray.data.llm``'s
 ``build_processor``: lm-eval's scoring needs the exact ``context + continuation`` token ids
@@ -42,9 +48,11 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from med42ray.benchmarks import (
@@ -62,6 +70,9 @@ from med42ray.eval.metrics import summarise, to_markdown
 from med42ray.eval.prompts import PromptFormat
 from med42ray.eval.scoring import Scoring, TaskRun, build_scoring
 from med42ray.stages import atomic_write
+
+if TYPE_CHECKING:
+    from med42ray.eval.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +114,8 @@ def prepare_tasks(cfg: ExperimentConfig, tokenizer: Any) -> list[TaskRun]:
         if cfg.eval.prompt_format == "cloze":
             spec = cloze_task(spec)
         loaded = load_benchmark_with_provenance(bench.name, bench.path, mirror=mirror)
-        items = loaded.items[: bench.limit] if bench.limit else loaded.items
+        limit = bench.limit or cfg.eval.limit
+        items = loaded.items[:limit] if limit else loaded.items
         fmt = PromptFormat(
             spec,
             num_fewshot=cfg.eval.num_fewshot,
@@ -123,6 +135,45 @@ def build_requests(tasks: Sequence[TaskRun], scoring: Scoring, tokenizer: Any) -
     return [row for run in tasks for row in scoring.requests(run, tokenizer)]
 
 
+def model_config_for(cfg: ExperimentConfig, model: str | None) -> ModelConfig:
+    """The config's model section naming `model` (a location), or as it is without one.
+
+    A local folder becomes absolute, so that actors load it whatever their working directory."""
+    from med42ray import storage
+    from med42ray.models import local_model_dir
+
+    if not model:
+        return cfg.model
+    local = None if storage.is_uri(model) else local_model_dir(model)
+    return cfg.model.model_copy(update={"name_or_path": str(local or model)})
+
+
+def key_location(model_cfg: ModelConfig, mirror: str | None) -> str:
+    """Where the weights of `model_cfg` are, found without fetching them: what keys its scores
+    (`weights_identity`: a folder's content, an object-store export's checksums, a hub id)."""
+    from med42ray import storage
+    from med42ray.hub import model_location
+    from med42ray.models import local_model_dir, resolve_model_path
+    from med42ray.tiny import TINY
+
+    name = model_cfg.name_or_path
+    if name == TINY:
+        return resolve_model_path(model_cfg)  # built on this node anyway, for its tokenizer
+    if storage.is_uri(name):
+        return name
+    local = local_model_dir(name)
+    return str(local) if local else model_location(name, mirror)
+
+
+def driver_tokenizer(model_cfg: ModelConfig, mirror: str | None) -> Any:
+    """The tokenizer that renders the prompts: from object storage only its files are fetched."""
+    from med42ray.models import load_tokenizer, resolve_tokenizer_path
+
+    path = resolve_tokenizer_path(model_cfg, mirror)
+    # a folder is read as it is; a hub id (no folder) at the config's revision
+    return load_tokenizer(model_cfg, path if Path(path).is_dir() else None)
+
+
 def run_key(
     tasks: Sequence[TaskRun],
     scoring: Scoring,
@@ -130,7 +181,10 @@ def run_key(
     adapter: str | None,
     cfg: ExperimentConfig,
 ) -> str:
-    """Hash of everything a stored score depends on: the name of the run's parts folder."""
+    """Hash of everything a stored score depends on: the name of the run's parts folder.
+
+    `model_path` and `adapter` are locations (`key_location`): nothing is downloaded to key them.
+    """
     from med42ray.models import weights_identity
 
     blob = {
@@ -147,19 +201,30 @@ def run_key(
 
 
 # ------------------------------------------------------------------------------- parts I/O
-def write_part(parts_dir: Path, frame: pd.DataFrame) -> Path:
-    """Write one finished batch atomically; the name hashes its request keys."""
+def write_part(parts: str | Path, frame: pd.DataFrame) -> str:
+    """Write one finished batch whole into the `parts` location (a folder or an object-store
+    prefix: a temp file renamed, or one PUT); the name hashes its request keys."""
+    from med42ray import storage
+
     keys = "\n".join(sorted(frame["key"]))
-    path = parts_dir / f"part-{hashlib.sha256(keys.encode()).hexdigest()[:20]}.parquet"
-    return atomic_write(path, _parquet_bytes(frame[PART_COLUMNS]))
+    name = f"part-{hashlib.sha256(keys.encode()).hexdigest()[:20]}.parquet"
+    return storage.write_bytes(storage.join(parts, name), _parquet_bytes(frame[PART_COLUMNS]))
 
 
-def read_parts(parts_dir: Path) -> pd.DataFrame:
-    """Every finished request of this run key (a key written twice keeps its first row)."""
-    files = sorted(parts_dir.glob("part-*.parquet"))
-    if not files:
+def read_parts(parts: str | Path, cache: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+    """Every finished request under the `parts` location (a key written twice keeps its first
+    row). Parts already in `cache` (name -> frame; filled here) are not read again."""
+    from med42ray import storage
+
+    cache = {} if cache is None else cache
+    names = sorted(n for n in storage.list_files(parts) if fnmatch(n, "part-*.parquet"))
+    for name in names:
+        if name not in cache:
+            data = storage.read_bytes(storage.join(parts, name))
+            cache[name] = pd.read_parquet(io.BytesIO(data))
+    if not names:
         return pd.DataFrame(columns=PART_COLUMNS)
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frame = pd.concat([cache[n] for n in names], ignore_index=True)
     return frame.drop_duplicates("key", keep="first").reset_index(drop=True)
 
 
@@ -171,33 +236,57 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 # ------------------------------------------------------------------------------ the actors
 class ScoringActor:
-    """One engine per actor; each batch is scored, written as a part, and reported."""
+    """One engine per actor; each batch is scored, written as a part, and reported.
+
+    The actor resolves the weights on its own node: `model_cfg.name_or_path` (a hub id, a
+    folder, the tiny model, or an object-store URI copied into this node's cache once) through
+    `resolve_model_path`, the adapter (a folder or URI) through `storage.local_copy`. It writes
+    its parts into the `parts` location; each reply carries its transfer counts.
+    """
 
     def __init__(
         self,
         engine: str,
-        model_path: str,
         model_cfg: ModelConfig,
+        mirror: str | None,
         eval_cfg: EvalConfig,
         adapter: str | None,
-        parts_dir: str,
+        parts: str,
         fail_after_parts: int | None = None,
     ) -> None:
-        from med42ray.eval.engines import make_engine
-
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         import ray
 
+        from med42ray import storage
+        from med42ray.eval.engines import make_engine
+        from med42ray.models import resolve_model_path
+
+        self.start = storage.transfers()
         # a distinct, stable seed offset per engine actor (greedy scoring does not use it)
-        actor_id = ray.get_runtime_context().get_actor_id() or "0"
-        index = int(actor_id[:8], 16) % 10_000
+        self.actor_id = ray.get_runtime_context().get_actor_id() or "0"
+        index = int(self.actor_id[:8], 16) % 10_000
+        model_path = resolve_model_path(model_cfg, mirror)
+        adapter = str(storage.local_copy(adapter)) if adapter else None
         self.engine = make_engine(engine, model_path, model_cfg, eval_cfg, adapter, index=index)
         self.scoring = build_scoring(eval_cfg)
-        self.parts_dir = Path(parts_dir)
+        self.parts = str(parts)
         self.fail_after_parts = fail_after_parts
-        self.parts = 0
+        self.written = 0
+
+    def placement(self) -> dict[str, Any]:
+        """Where this actor runs: its node and its placement group (what vLLM's executor uses)."""
+        import ray
+
+        group = ray.util.get_current_placement_group()
+        return {
+            "actor": self.actor_id,
+            "node": ray.get_runtime_context().get_node_id(),
+            "placement_group": group.id.hex() if group else None,
+        }
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from med42ray import storage
+
         start = time.perf_counter()
         n = len(batch["key"])
         scores = self.scoring.score(self.engine, batch)
@@ -213,58 +302,149 @@ class ScoringActor:
                 "compute_s": [seconds / n] * n,
             }
         )
-        write_part(self.parts_dir, frame)
-        self.parts += 1
-        if self.fail_after_parts is not None and self.parts >= self.fail_after_parts:
-            raise RuntimeError(f"simulated crash after {self.parts} part(s)")
-        return {"key": frame["key"].to_numpy(), "compute_s": frame["compute_s"].to_numpy()}
+        write_part(self.parts, frame)
+        self.written += 1
+        if self.fail_after_parts is not None and self.written >= self.fail_after_parts:
+            raise RuntimeError(f"simulated crash after {self.written} part(s)")
+        now = storage.transfers()
+        return {
+            "key": frame["key"].to_numpy(),
+            "compute_s": frame["compute_s"].to_numpy(),
+            "actor": np.full(n, self.actor_id),
+            **{k: np.full(n, now[k] - self.start[k]) for k in TRANSFER_KEYS},
+        }
+
+    def score_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """`__call__` under a plain name (the actor-pool path calls it as a method)."""
+        return self(batch)
+
+
+TRANSFER_KEYS = ("downloaded_bytes", "uploaded_bytes", "downloaded_files", "uploaded_files")
+
+
+def _batches(requests: list[dict], ev: EvalConfig) -> tuple[int, int]:
+    """(requests per batch: `eval.batch_size` items' worth, number of blocks)."""
+    n_items = len({(r["task"], r["item_id"]) for r in requests})
+    per_batch = max(1, math.ceil(len(requests) / n_items) * ev.batch_size)
+    return per_batch, max(1, math.ceil(len(requests) / per_batch))
 
 
 def score_requests(
     requests: list[dict],
     cfg: ExperimentConfig,
-    model_path: str,
+    model_cfg: ModelConfig,
     adapter: str | None,
-    parts_dir: Path,
+    parts: str,
     fail_after_parts: int | None = None,
-) -> int:
-    """Run the pending requests through the actor pool; return how many were scored."""
-    import ray
-    import ray.data
+) -> dict[str, Any]:
+    """Run the pending requests through the engine actors (placed by `actor_placement`).
 
+    Returns {"scored": requests scored, "actors": their transfers, "placement": ...}.
+    """
     from med42ray.cluster import init_ray
+    from med42ray.eval.placement import actor_placement
 
     init_ray(cfg.resources.ray_address)
+    placement = actor_placement(cfg.eval, cfg.resources)
+    kwargs = {
+        "engine": cfg.eval.engine,
+        "model_cfg": model_cfg,
+        "mirror": cfg.resources.hub_mirror,
+        "eval_cfg": cfg.eval,
+        "adapter": adapter,
+        "parts": str(parts),
+        "fail_after_parts": fail_after_parts,
+    }
+    if placement.bundles:
+        outputs, where = _score_in_groups(requests, cfg.eval, placement, kwargs)
+    else:
+        outputs, where = _score_with_data(requests, cfg.eval, placement, kwargs), []
+    return {
+        "scored": sum(len(o["key"]) for o in outputs),
+        "actors": actor_transfers(outputs),
+        "placement": {**placement.to_dict(), "actors": where},
+    }
+
+
+def _score_with_data(
+    requests: list[dict], ev: EvalConfig, placement: Placement, kwargs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One engine per actor of a Ray Data actor pool (`eval.num_actors`), one shard each."""
+    import ray.data
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    ev = cfg.eval
-    n_items = len({(r["task"], r["item_id"]) for r in requests})
-    per_batch = max(1, math.ceil(len(requests) / n_items) * ev.batch_size)
-    blocks = max(1, math.ceil(len(requests) / per_batch))
+    per_batch, blocks = _batches(requests, ev)
     ds = ray.data.from_items(requests, override_num_blocks=blocks)
-    # one engine per actor; a GPU share per actor when asked (tensor-parallel vLLM engines
-    # place their extra shards on Ray workers of their own: `distributed_executor_backend`)
     ds = ds.map_batches(
         ScoringActor,
-        fn_constructor_kwargs={
-            "engine": ev.engine,
-            "model_path": model_path,
-            "model_cfg": cfg.model,
-            "eval_cfg": ev,
-            "adapter": adapter,
-            "parts_dir": str(parts_dir),
-            "fail_after_parts": fail_after_parts,
-        },
+        fn_constructor_kwargs=kwargs,
         batch_size=per_batch,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=ev.num_actors),
-        num_cpus=1,
-        num_gpus=ev.gpus_per_actor,
+        num_cpus=placement.num_cpus,
+        num_gpus=placement.num_gpus,
+        resources=placement.resources or None,
     )
-    scored = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        scored += len(batch["key"])
-    return scored
+    return list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def _score_in_groups(
+    requests: list[dict], ev: EvalConfig, placement: Placement, kwargs: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Tensor parallelism: `eval.num_actors` plain Ray actors, each in bundle 0 of a placement
+    group of its own (`create_groups`), two batches in flight per actor.
+
+    Not Ray Data's actor pool: in Ray 2.60 the only way to give each of its actors a placement
+    group of its own is `ray_remote_args_fn` (what `ray.data.llm` does), deprecated there and
+    due to be removed in Ray 2.64, and the groups it creates are never removed. Here the groups
+    live exactly as long as the scoring, and are removed however it ends.
+    """
+    import ray
+    from ray.util import remove_placement_group
+
+    from med42ray.eval.placement import actor_options, create_groups
+
+    per_batch, _ = _batches(requests, ev)
+    queue = [_columns(requests[i : i + per_batch]) for i in range(0, len(requests), per_batch)]
+    queue.reverse()
+    groups = create_groups(placement, ev.num_actors)
+    actors: list[Any] = []
+    try:
+        remote = ray.remote(ScoringActor)
+        actors = [remote.options(**actor_options(placement, g)).remote(**kwargs) for g in groups]
+        where = ray.get([a.placement.remote() for a in actors])
+        free, pending, outputs = actors * 2, {}, []
+        while queue or pending:
+            while queue and free:
+                actor = free.pop()
+                pending[actor.score_batch.remote(queue.pop())] = actor
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            outputs.append(ray.get(ref))
+            free.append(pending.pop(ref))
+        return outputs, where
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        for group in groups:
+            remove_placement_group(group)
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    """Rows as one batch of columns (what Ray Data hands the actors)."""
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+def actor_transfers(outputs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """What the actors fetched and sent (each reply carries its actor's running totals)."""
+    last: dict[str, dict[str, int]] = {}
+    for out in outputs:
+        for i, actor in enumerate(out["actor"]):
+            prev = last.setdefault(str(actor), dict.fromkeys(TRANSFER_KEYS, 0))
+            for k in TRANSFER_KEYS:  # running totals: the largest is the latest
+                prev[k] = max(prev[k], int(out[k][i]))
+    total = {k: sum(c[k] for c in last.values()) for k in TRANSFER_KEYS}
+    return {**total, "actors": len(last)}
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -343,59 +523,73 @@ def run_eval(
     adapter: str | None = None,
     label: str | None = None,
     *,
+    parts: str | None = None,
     overlap: Path | None = None,
     _fail_after_parts: int | None = None,
 ) -> pd.DataFrame:
     """Score a model on ``cfg.eval.benchmarks``; write predictions and the summary into `out`.
 
-    `model` is a folder or hub id (default: the config's model, the tiny one built on demand);
-    `adapter` a PEFT LoRA folder served on top of it, unmerged; `label` names the model in the
-    tables (default: the model id, plus the adapter's folder name); `overlap` the data stage's
-    `overlap.json`: its items are not `clean` (every item is without it). A rerun into the same
-    `out` scores only what an interrupted run left undone. Returns the summary table.
+    `model` is a location: a folder, a hub id or an object-store URI (default: the config's
+    model, the tiny one built on demand); `adapter` a PEFT LoRA folder or URI served on top of
+    it, unmerged. Each actor fetches the weights on its own node; this process reads only the
+    tokenizer's and config's files. `parts` is where the scored batches go (a folder or a URI;
+    default `out/parts`), under the run key: a rerun, here or after a job restart on another
+    node, scores only what no part holds yet. `label` names the model in the tables (default:
+    the model id, plus the adapter's name); `overlap` the data stage's `overlap.json`: its
+    items are not `clean` (every item is without it). Returns the summary table.
     (`_fail_after_parts` makes each actor raise after writing that many parts: the crash
     the resume tests simulate.)
     """
-    from med42ray.models import load_tokenizer, resolve_model_path
+    from med42ray import storage
 
     start = time.perf_counter()
+    before = storage.transfers()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model_path = model or resolve_model_path(cfg.model)
+    mirror = cfg.resources.hub_mirror
+    model_cfg = model_config_for(cfg, model)
     model_id = model or cfg.model.name_or_path
     if adapter:
-        model_id = f"{model_id}+{Path(adapter).name}"
-    tokenizer = load_tokenizer(cfg.model, model_path if model else None)
+        adapter = str(adapter) if storage.is_uri(adapter) else str(Path(adapter).resolve())
+        model_id = f"{model_id}+{adapter.rstrip('/').rsplit('/', 1)[-1]}"
+    tokenizer = driver_tokenizer(model_cfg, mirror)
     tasks = prepare_tasks(cfg, tokenizer)
     scoring = build_scoring(cfg.eval)
     requests = build_requests(tasks, scoring, tokenizer)
 
-    key = run_key(tasks, scoring, model_path, adapter, cfg)
-    parts_dir = out / "parts" / key
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    done = set(read_parts(parts_dir)["key"])
+    key = run_key(tasks, scoring, key_location(model_cfg, mirror), adapter, cfg)
+    parts = storage.join(parts or out / "parts", key)
+    cache: dict[str, pd.DataFrame] = {}
+    done = set(read_parts(parts, cache)["key"])
     pending = [r for r in requests if r["key"] not in done]
     log.info(
         "eval %s: %d requests, %d already done", key, len(requests), len(requests) - len(pending)
     )
-    scored = 0
+    scored: dict[str, Any] = {"scored": 0, "actors": None, "placement": None}
     if pending:
-        scored = score_requests(pending, cfg, model_path, adapter, parts_dir, _fail_after_parts)
+        scored = score_requests(pending, cfg, model_cfg, adapter, parts, _fail_after_parts)
 
     wall = time.perf_counter() - start
     run = {"model": label or model_id, "engine": cfg.eval.engine, "scoring": scoring.name}
-    predictions = item_predictions(tasks, read_parts(parts_dir), scoring, run)
+    predictions = item_predictions(tasks, read_parts(parts, cache), scoring, run)
     predictions["clean"] = clean_items(predictions, read_overlap(overlap))
     summary = summarise(predictions, {**run, "wall_s": wall})
+    now = storage.transfers()
     record = {
         "run_key": key,
-        "model_path": model_path,
+        "model_path": model_cfg.name_or_path,
         "adapter": adapter,
+        "parts": parts,
         "requests": len(requests),
         "resumed": len(requests) - len(pending),
-        "scored": scored,
+        "scored": scored["scored"],
         "items": len(predictions),
         "wall_s": wall,
+        "transfers": {
+            "driver": {k: now[k] - before[k] for k in TRANSFER_KEYS},
+            "actors": scored["actors"],
+        },
+        "placement": scored["placement"],
         "prompt_formats": {t.spec.task: [t.fmt.name, t.fmt.version] for t in tasks},
         "benchmarks": {t.spec.task: t.provenance for t in tasks},
     }
