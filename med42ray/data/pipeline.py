@@ -41,6 +41,7 @@ from med42ray.data.manifest import (
     per_source,
 )
 from med42ray.data.overlap import write_overlap
+from med42ray.data.paraphrase import ParaphraseCheck
 from med42ray.data.quarantine import check_quarantine, quarantined, write_quarantine
 from med42ray.data.sampling import CapPerSource, SampleByWeight
 from med42ray.data.shards import write_shards
@@ -120,6 +121,11 @@ def prepare_data(
     decontaminate = Decontaminate(inputs.index, pool, inputs.benchmarks)
     ds = decontaminate.apply(ds).materialize()
     laps("mark" if decontaminate.index is None else "decontaminate")
+    paraphrase = None
+    if dcfg.decontamination.enabled and dcfg.decontamination.paraphrase.enabled:
+        paraphrase = ParaphraseCheck(cfg, inputs.benchmarks)
+        ds = paraphrase.apply(ds).materialize()
+        laps("paraphrase")
 
     marks = count_marks(ds)
     with atomic_dir(out) as tmp:
@@ -131,6 +137,8 @@ def prepare_data(
         }
         overlap = write_overlap(ds, decontaminate.index, dcfg, cfg.seed, tmp)
         stats["decontamination"]["overlap"] = overlap
+        if paraphrase is not None:
+            stats["decontamination"]["paraphrase"] = paraphrase.report(tmp)
         outputs, written = write_shards(ds, tmp, dcfg, cfg.seed)
         sources = per_source(cfg, srcs, marks, written, lost)
         manifest = build_manifest(cfg, sources, outputs, stats, bad, laps.total())
