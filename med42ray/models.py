@@ -149,13 +149,19 @@ def torch_dtype(name: str, use_gpu: bool) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def _hub_revision(cfg: ModelConfig, target: str) -> str | None:
+    """The config's revision when `target` is its hub id (a folder has no revisions)."""
+    return cfg.revision if target == cfg.name_or_path and not Path(target).is_dir() else None
+
+
 def load_tokenizer(cfg: ModelConfig, path: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of `path` (default: the config's model), with the config's chat template."""
     from transformers import AutoTokenizer
 
+    target = path or resolve_model_path(cfg)
     tokenizer = AutoTokenizer.from_pretrained(
-        path or resolve_model_path(cfg),
-        revision=cfg.revision if path is None else None,
+        target,
+        revision=_hub_revision(cfg, target),
         trust_remote_code=cfg.trust_remote_code,
         token=hub_token(),
     )
@@ -173,9 +179,10 @@ def load_model(cfg: ModelConfig, path: str | None = None, use_gpu: bool = False)
     kwargs = {}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    target = path or resolve_model_path(cfg)
     return AutoModelForCausalLM.from_pretrained(
-        path or resolve_model_path(cfg),
-        revision=cfg.revision if path is None else None,
+        target,
+        revision=_hub_revision(cfg, target),
         trust_remote_code=cfg.trust_remote_code,
         token=hub_token(),
         dtype=torch_dtype(cfg.dtype, use_gpu),

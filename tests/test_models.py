@@ -1,6 +1,7 @@
 import hashlib
 from pathlib import Path
 
+import pytest
 import torch
 
 from med42ray.config import MED42_SYSTEM_PROMPT, ModelConfig, TinyModelConfig
@@ -99,3 +100,21 @@ def test_local_model_folders_resolve_absolute_and_key_stages_by_content(
     before = base_model_id(cfg)
     (local / "model.safetensors").write_bytes(b"other weights")
     assert base_model_id(cfg) != before  # new weights in the same folder: stages rerun
+
+
+def test_the_revision_follows_a_hub_id_given_as_a_path(monkeypatch) -> None:
+    """A hub id resolved on a worker and passed on as `path` keeps the config's revision."""
+    from transformers import AutoTokenizer
+
+    seen = {}
+
+    def fake(target, **kwargs):
+        seen[target] = kwargs["revision"]
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", fake)
+    cfg = ModelConfig(name_or_path="org/model", revision="abc123")
+    for path in (None, "org/model"):
+        with pytest.raises(RuntimeError):
+            load_tokenizer(cfg, path)
+    assert seen == {"org/model": "abc123"}
