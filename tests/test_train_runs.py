@@ -1,13 +1,15 @@
-"""End-to-end training on 2 Ray workers (CPU): ZeRO-2/3 vs DDP, LoRA, resume, a killed worker.
+"""End-to-end training on 2 Ray workers (CPU): ZeRO-2/3 vs DDP, LoRA, resume, a killed worker,
+and a run on object storage only (S3: data, checkpoints, export; LoRA merged in a Ray task).
 
 The runs are shared between tests (module fixtures) and kept tiny: 6 optimiser steps of
 2 packed rows of 128 tokens per worker, constant learning rate so that a run cut at step 3 and
 resumed follows the same schedule as an uninterrupted one (the schedule's horizon is
-`max_steps`). Six `fit()`s in all, one of them restarted after a worker dies.
+`max_steps`). Eight `fit()`s in all, two of them restarted after a worker dies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -281,11 +283,19 @@ def test_lora_zero3_resumes_from_its_checkpoint(lora_zero3_run):
     assert first.state["resumed_from"] is None and first.state["step"] == 3
     assert second.state["resumed_from"] == 3 and second.state["step"] == STEPS
     assert second.run_dir == first.run_dir
+    # a local checkpoint is read in place (nothing fetched), each rank its own ZeRO-3 files
+    assert second.state["resume_fetched_bytes"] == [0, 0]
+    assert [
+        sorted(f for f in files if "zero_pp_rank" in f) for files in second.state["resume_files"]
+    ] == [
+        [f"deepspeed/zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for kind in ("model", "optim")]
+        for r in (0, 1)
+    ]
     curve = losses(second)
     assert len(curve) == STEPS and curve[-1] < curve[0] - 0.2
 
 
-def test_lora_zero3_merged_in_the_driver_matches_the_adapter(lora_zero3_run):
+def test_lora_zero3_merged_after_training_matches_the_adapter(lora_zero3_run):
     from transformers import AutoModelForCausalLM
 
     _, run = lora_zero3_run
@@ -312,3 +322,171 @@ def test_merge_refuses_a_live_zero3_context():
     finally:
         del ds
     _assert_no_zero3()
+
+
+# ------------------------------------------------------------------ object storage
+@pytest.fixture(scope="module")
+def bucket(s3_server) -> str:
+    """One bucket for this module's object-storage runs."""
+    import urllib.request
+    import uuid
+
+    name = f"train-runs-{uuid.uuid4().hex[:8]}"
+    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/{name}", method="PUT"))
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def s3_run(ray_session, tiny_model_path, bucket, tmp_path_factory):
+    """ZeRO-2 on object storage only: the data a bucket folder of two shards, checkpoints
+    every 2 steps to S3, the export to S3; rank 1 dies once at step 3, so the workers resume
+    from the step-2 checkpoint in S3."""
+    from med42ray import storage
+    from med42ray.train import run_training
+    from med42ray.train.trainer import FAIL_ENV
+
+    lines = FIXTURE.read_text().splitlines(keepends=True)
+    data = f"{bucket}/data/train"
+    storage.write_text(f"{data}/part-0.jsonl", "".join(lines[:32]))
+    storage.write_text(f"{data}/part-1.jsonl", "".join(lines[32:]))
+    out = tmp_path_factory.mktemp("s3")
+    cfg = config(
+        **{
+            "train.max_steps": 4,
+            "train.checkpoint_every": 2,
+            "train.max_failures": 1,
+            "resources.storage_path": f"{bucket}/ckpt",
+        }
+    )
+    os.environ[FAIL_ENV] = f"3:1:{out / 'killed-once'}"
+    try:
+        result = run_training(cfg, data, out, export_to=f"{bucket}/export")
+    finally:
+        os.environ.pop(FAIL_ENV)
+    return result, out
+
+
+def test_s3_run_exports_to_the_bucket_and_the_driver_fetches_two_small_files(s3_run, bucket):
+    from med42ray import storage
+    from med42ray.models import CHECKSUMS_FILE
+
+    result, out = s3_run
+    assert result.model_dir == f"{bucket}/export/model" and result.adapter_dir is None
+    files = storage.list_files(result.model_dir)
+    assert {"model.safetensors", "config.json", CHECKSUMS_FILE} <= set(files)
+    local = storage.local_copy(result.model_dir)
+    sums = json.loads((local / CHECKSUMS_FILE).read_text())
+    assert sums == {
+        rel: hashlib.sha256((local / rel).read_bytes()).hexdigest()
+        for rel in files
+        if rel != CHECKSUMS_FILE
+    }
+    assert result.checkpoint_path.startswith(f"{bucket}/ckpt/")
+    final = storage.list_files(result.checkpoint_path)
+    assert not any(rel.startswith("export/") or ".safetensors" in rel for rel in final)
+    recorded = json.loads((out / "train_result.json").read_text())["transfers"]
+    small = final["trainer_state.json"] + final["metrics.jsonl"]
+    assert recorded["driver"]["downloaded_bytes"] == small < 64 * 1024
+    assert sum(final.values()) > 20 * small  # what `as_directory()` used to fetch
+    assert recorded["export_uploaded_bytes"] == sum(files.values())
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_s3_resume_fetches_only_each_ranks_own_files(s3_run, zero2_run):
+    from med42ray import storage
+
+    result, out = s3_run
+    state = result.state
+    assert (out / "killed-once").read_text().startswith("killed rank 1 at step 3")
+    assert state["resumed_from"] == 2
+    resumed = storage.list_files(state["resumed_checkpoint"])
+    assert state["checkpoint_bytes"] == sum(resumed.values())
+    for rank, files in enumerate(state["resume_files"]):
+        assert set(files) == {
+            "trainer_state.json",
+            "metrics.jsonl",
+            "latest",
+            f"rng_rank{rank:05d}.pt",
+            "deepspeed/mp_rank_00_model_states.pt",  # ZeRO-2: every rank reads the module
+            f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+        }
+        fetched = state["resume_fetched_bytes"][rank]
+        assert fetched == sum(resumed[f] for f in files) < state["checkpoint_bytes"]
+    recorded = json.loads((out / "train_result.json").read_text())["transfers"]
+    assert recorded["resume_fetched_bytes"] == state["resume_fetched_bytes"]
+    # resumed from its own shards only, the run follows the uninterrupted one
+    torch.testing.assert_close(
+        torch.tensor(losses(result)), torch.tensor(losses(zero2_run)[:4]), atol=1e-4, rtol=0
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_lora_run(ray_session, tiny_model_path, bucket, tmp_path_factory):
+    """LoRA under ZeRO-3 with merge_on_export, checkpoints (every 2 steps) and export on S3,
+    4 steps; rank 0 dies once at step 3 and the workers resume from S3."""
+    from med42ray.train import run_training
+    from med42ray.train.trainer import FAIL_ENV
+
+    cfg = config(
+        **{
+            "train.strategy": "lora",
+            "train.deepspeed": {"enabled": True, "zero_stage": 3},
+            "train.optimizer.lr": 1e-2,
+            "train.lora.merge_on_export": True,
+            "train.max_steps": 4,
+            "train.checkpoint_every": 2,
+            "train.max_failures": 1,
+            "resources.storage_path": f"{bucket}/ckpt",
+        }
+    )
+    out = tmp_path_factory.mktemp("s3_lora")
+    os.environ[FAIL_ENV] = f"3:0:{out / 'killed-once'}"
+    try:
+        return run_training(cfg, FIXTURE, out, export_to=f"{bucket}/lora"), out
+    finally:
+        os.environ.pop(FAIL_ENV)
+
+
+def test_s3_lora_is_merged_in_a_ray_task_that_publishes_the_model(s3_lora_run, bucket):
+    from transformers import AutoModelForCausalLM
+
+    from med42ray import storage
+    from med42ray.models import CHECKSUMS_FILE
+
+    run, out = s3_lora_run
+    assert run.adapter_dir == f"{bucket}/lora/adapter" and run.model_dir == f"{bucket}/lora/model"
+    adapter, model = storage.list_files(run.adapter_dir), storage.list_files(run.model_dir)
+    assert CHECKSUMS_FILE in adapter and CHECKSUMS_FILE in model
+    check = json.loads((out / "merge_check.json").read_text())
+    assert check == run.merge_check and check["ok"] and check["max_abs_logit_diff"] < 1e-3
+    merge = json.loads((out / "train_result.json").read_text())["transfers"]["merge"]
+    # the task's node fetched the adapter (not a checkpoint) and sent the merged model
+    assert merge["downloaded_bytes"] == sum(adapter.values())
+    assert merge["uploaded_bytes"] == sum(model.values())
+    final = storage.list_files(run.checkpoint_path)
+    assert not any(rel.startswith("export/") or ".safetensors" in rel for rel in final)
+    AutoModelForCausalLM.from_pretrained(storage.local_copy(run.model_dir))
+
+
+def test_s3_lora_zero3_resumes_from_each_ranks_own_partition(s3_lora_run):
+    from med42ray import storage
+
+    run, out = s3_lora_run
+    state = run.state
+    assert (out / "killed-once").read_text().startswith("killed rank 0 at step 3")
+    assert state["resumed_from"] == 2 and state["step"] == 4
+    resumed = storage.list_files(state["resumed_checkpoint"])
+    for rank, files in enumerate(state["resume_files"]):
+        assert set(files) == {
+            "trainer_state.json",
+            "metrics.jsonl",
+            "latest",
+            f"rng_rank{rank:05d}.pt",
+            f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
+            f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
+        }
+        fetched = state["resume_fetched_bytes"][rank]
+        assert fetched == sum(resumed[f] for f in files) < state["checkpoint_bytes"]
+    curve = losses(run)
+    assert len(curve) == 4 and curve[-1] < curve[0]

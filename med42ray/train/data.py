@@ -22,22 +22,50 @@ SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def chat_files(path: str | Path) -> tuple[list[str], str]:
-    """The files behind `path` (a file, a folder of them, or a URI) and their format."""
+    """The files behind `path` (a file, a folder of them, or a URI of either) and their format."""
     text = str(path)
     if "://" in text:
-        suffix = Path(text.split("://", 1)[1]).suffix
-        return [text], SUFFIXES.get(suffix, "parquet" if not suffix else "json")
+        return _remote_chat_files(text)
     path = Path(path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_data(p.name))
     elif path.is_file():
         files = [path]
     else:
         raise FileNotFoundError(f"{path}: no such training data file or folder")
-    formats = {SUFFIXES.get(p.suffix) for p in files}
-    if not files or None in formats or len(formats) > 1:
-        raise ValueError(f"{path}: expected .jsonl/.json or .parquet files (one format)")
-    return [str(p.resolve()) for p in files], formats.pop()
+    return [str(p.resolve()) for p in files], _one_format(text, [p.suffix for p in files])
+
+
+def _remote_chat_files(uri: str) -> tuple[list[str], str]:
+    """A URI naming one file (its format from its suffix; parquet without one), or a folder
+    (object-store prefix) whose `.parquet`/`.jsonl`/`.json` files are listed, sorted."""
+    from med42ray import storage
+
+    suffix = Path(uri.split("://", 1)[1]).suffix
+    one_file = [uri], SUFFIXES.get(suffix, "parquet" if not suffix else "json")
+    try:
+        if storage.is_file(uri):
+            return one_file
+        listing = storage.list_files(uri)
+    except ValueError:  # a scheme pyarrow has no filesystem for: left to Ray Data
+        return one_file
+    if not listing:
+        raise FileNotFoundError(f"{uri}: no such training data file or folder")
+    names = sorted(rel for rel in listing if _is_data(rel.rsplit("/", 1)[-1]))
+    files = [storage.join(uri, rel) for rel in names]
+    return files, _one_format(uri, [Path(rel).suffix for rel in names])
+
+
+def _is_data(name: str) -> bool:
+    """A data file by its name: a known suffix, not hidden or a marker (`.x`, `_SUCCESS`)."""
+    return Path(name).suffix in SUFFIXES and not name.startswith((".", "_"))
+
+
+def _one_format(where: str, suffixes: list[str]) -> str:
+    formats = {SUFFIXES.get(s) for s in suffixes}
+    if not suffixes or None in formats or len(formats) > 1:
+        raise ValueError(f"{where}: expected .jsonl/.json or .parquet files (one format)")
+    return formats.pop()
 
 
 IN_DRIVER_MAX_BYTES = 64 * 2**20

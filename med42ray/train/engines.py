@@ -4,12 +4,14 @@
 `prepare_model`, torch AdamW; the reference) offer the same small interface, so the recipe's one
 loop drives either: `loss = engine.forward(batch)`, `engine.backward(loss)`, `engine.step()`
 once per micro-batch (the optimiser steps on the accumulation boundary), `save`/`load` for
-checkpoints and `state_dict_for_export` for the final weights.
+checkpoints, `checkpoint_files` for the part of a checkpoint one rank needs to resume, and
+`state_dict_for_export` for the final weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,10 @@ class TrainingEngine(ABC):
 
     @abstractmethod
     def load(self, path: Path) -> None: ...
+
+    @abstractmethod
+    def checkpoint_files(self, listing: list[str], rank: int, world: int) -> list[str]:
+        """The files of a checkpoint (`listing`: relative paths) that `load` reads on `rank`."""
 
     def state_dict_for_export(self, names: list[str], rank: int) -> dict[str, Any] | None:
         """Full tensors of `names` on rank 0 (None elsewhere); every rank must call it."""
@@ -166,6 +172,9 @@ class DDPEngine(TrainingEngine):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro = state["micro"]
+
+    def checkpoint_files(self, listing, rank, world):
+        return [f for f in listing if f == "ddp_state.pt"]
 
 
 def skip_inference_comm_op() -> None:
@@ -267,6 +276,27 @@ class DeepSpeedEngine(TrainingEngine):
         )
         if loaded is None:
             raise RuntimeError(f"no DeepSpeed checkpoint under {path}")
+
+    def checkpoint_files(self, listing, rank, world):
+        """`latest` and, under the tag, the model states every rank reads (ZeRO 0-2:
+        `mp_rank_00_model_states.pt`) and this rank's ZeRO files (`zero_pp_rank_<rank>_...`:
+        optimiser partition, and under ZeRO-3 its model-state partition). With
+        `elastic_checkpoint` (ZeRO 1-2) DeepSpeed reads every rank's optimiser partition."""
+        zero = self.ds_config.get("zero_optimization", {})
+        elastic = zero.get("elastic_checkpoint") and self.stage in (1, 2)
+        ranks = r"\d+" if elastic else str(rank)
+        wanted = re.compile(
+            r"mp_rank_\d+_model_states\.pt"
+            rf"|(bf16_)?zero_pp_rank_{rank}_mp_rank_\d+_?model_states\.pt"
+            rf"|(bf16_)?zero_pp_rank_{ranks}_mp_rank_\d+_?optim_states\.pt"
+        )
+        prefix = f"{self.TAG}/"
+        return [
+            rel
+            for rel in listing
+            if rel == "latest"
+            or (rel.startswith(prefix) and wanted.fullmatch(rel.removeprefix(prefix)))
+        ]
 
     def gathered(self, params):
         if self.stage != 3:

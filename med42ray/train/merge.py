@@ -1,23 +1,26 @@
-"""Merging a LoRA adapter into its base model, in the driver after training.
+"""Merging a LoRA adapter into its base model, after training, in a process of its own.
 
 The workers export only the adapter. Merging needs the whole base model in one process; on a
 worker under ZeRO-3 `from_pretrained` would run inside the live `HfDeepSpeedConfig` (zero.Init
-collectives) on rank 0 alone while the other ranks wait in a barrier: a hang. The driver has no
-DeepSpeed context, so `run_training` merges there (`merge_export`) and records a merge check:
-the largest absolute logit difference between the merged model and base + adapter (unmerged).
+collectives) on rank 0 alone while the other ranks wait in a barrier: a hang. So
+`run_training` merges after training in a fresh Ray task on a node with the training's
+resources (`trainer.merge_lora_remote` runs `merge_and_publish`), which has no DeepSpeed
+context, and records a merge check: the largest absolute logit difference between the merged
+model and base + adapter (unmerged).
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from med42ray import storage
 from med42ray.config import ExperimentConfig
-from med42ray.models import load_model, load_tokenizer
+from med42ray.models import load_model, load_tokenizer, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +88,28 @@ def merge_with_check(
     return merged, check
 
 
-def merge_export(
-    cfg: ExperimentConfig, base_path: str, adapter: Path, out: Path
-) -> tuple[Path, dict[str, Any]]:
-    """Write base + adapter merged to `out/model` and the check to `out/merge_check.json`."""
+def merge_and_publish(config: dict[str, Any], adapter: str, export_to: str) -> dict[str, Any]:
+    """Merge the adapter at `adapter` into the base model and publish it to `<export_to>/model`.
+
+    Runs where it is scheduled (a Ray task): resolves the base model on this node, copies the
+    adapter here (`storage.local_copy`), merges with the check, writes `checksums.json` and
+    uploads. Returns {"check": merge check, "model": location, "transfers": bytes moved}.
+    """
+    from med42ray.train.checkpoint import publish
+
+    before = storage.transfers()
+    cfg = ExperimentConfig.model_validate(config)
+    base_path = resolve_model_path(cfg.model, cfg.resources.hub_mirror)
     tokenizer = load_tokenizer(cfg.model, base_path)
-    merged, check = merge_with_check(cfg, base_path, adapter, tokenizer)
-    target = Path(out) / "model"
-    merged.save_pretrained(target, safe_serialization=True)
-    tokenizer.save_pretrained(target)
-    (Path(out) / MERGE_CHECK_FILE).write_text(json.dumps(check, indent=2))
+    merged, check = merge_with_check(cfg, base_path, storage.local_copy(adapter), tokenizer)
+    target = storage.join(export_to, "model")
+    with tempfile.TemporaryDirectory(prefix="med42ray-merge-") as tmp:
+        folder = Path(tmp) / "model"
+        merged.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        publish(folder, target)
     if not check["ok"]:
         log.warning("merged model differs from base + adapter: %s", check)
-    return target, check
+    after = storage.transfers()
+    moved = {k: after[k] - before[k] for k in after}
+    return {"check": check, "model": target, "transfers": moved}

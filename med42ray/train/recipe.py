@@ -5,8 +5,10 @@ CPU offload) or plain DDP; chat-template tokenisation with assistant-only labels
 per-sample position ids (or per-batch padding); AdamW with warmup + cosine/linear/constant
 schedule; gradient accumulation and clipping; fp32/bf16/fp16; gradient checkpointing; held-out
 eval loss; checkpoints every `checkpoint_every` steps and at the end (kept to the last K by Ray
-Train); resume from the latest checkpoint, bit-for-bit on the same data order; per-step metrics
-reported through `ray.train.report` and kept in `metrics.jsonl` inside every checkpoint.
+Train); resume from the latest checkpoint, bit-for-bit on the same data order, fetching only this
+rank's files of it; per-step metrics reported through `ray.train.report` and kept in
+`metrics.jsonl` inside every checkpoint; the final export published by rank 0 to `export_to`
+(a folder or an object-store URI), outside the checkpoint.
 
 There is one loop. What differs between strategies lives in a `Strategy`
 (`med42ray.train.strategies`), what differs between DeepSpeed and DDP in a `TrainingEngine`
@@ -28,9 +30,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from med42ray import storage
 from med42ray.config import ExperimentConfig
-from med42ray.models import load_tokenizer
-from med42ray.train.checkpoint import EXPORT_DIR, METRICS_FILE, TRAINER_STATE, rng_file
+from med42ray.models import load_tokenizer, resolve_model_path
+from med42ray.train.checkpoint import (
+    METRICS_FILE,
+    TRAINER_STATE,
+    checkpoint_location,
+    publish,
+    rng_file,
+)
 from med42ray.train.data import RowSchedule, build_schedule, shard_samples
 from med42ray.train.engines import build_engine
 from med42ray.train.metrics import mfu, peak_flops, peak_memory_mb
@@ -52,6 +61,17 @@ def all_reduce(values: list[float], device, op: str = "sum") -> list[float]:
             op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op],
         )
     return tensor.tolist()
+
+
+def all_gather(value: Any) -> list[Any]:
+    """Every worker's `value` (picklable), in rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 def barrier() -> None:
@@ -104,7 +124,7 @@ class FinetuneRecipe:
         import ray.train
 
         self.cfg = ExperimentConfig.model_validate(config["experiment"])
-        self.model_path: str = config["model_path"]
+        self.export_to: str = config["export_to"]
         self.fail_once: dict[str, Any] | None = config.get("fail_once")
         self.dataset_names: list[str] = config.get("datasets", ["train"])
         ctx = ray.train.get_context()
@@ -112,6 +132,7 @@ class FinetuneRecipe:
         self.use_gpu = self.cfg.resources.use_gpu
         self.step = 0
         self.resumed_from: int | None = None
+        self.resume_record: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
 
     # ----------------------------------------------------------------------------- setup
@@ -123,6 +144,8 @@ class FinetuneRecipe:
         laps = Laps()
         set_seed(t.seed)
         self.device = ray.train.torch.get_device()
+        # resolved here, on this worker's node: a path the driver resolved means nothing here
+        self.model_path = resolve_model_path(self.cfg.model, self.cfg.resources.hub_mirror)
         self.tokenizer = load_tokenizer(self.cfg.model, self.model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.precision = resolve_precision(t.precision, self.use_gpu)
@@ -180,24 +203,54 @@ class FinetuneRecipe:
         self.has_eval = has_eval > 0
 
     def _resume(self) -> None:
-        """Continue from the latest checkpoint Ray Train hands us (restart or resumed run)."""
+        """Continue from the latest checkpoint Ray Train hands us (restart or resumed run).
+
+        Only this rank's files are read (`resume_files`): the trainer state, the metrics, its
+        RNG state and what the engine loads for it (`TrainingEngine.checkpoint_files`), fetched
+        into a temp folder from object storage, read in place from a local folder. What every
+        rank fetched goes into the trainer state (`resume_record`).
+        """
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return
-        with checkpoint.as_directory() as folder:
-            folder = Path(folder)
-            self.engine.load(folder)
-            state = json.loads((folder / TRAINER_STATE).read_text())
-            self.step = self.resumed_from = int(state["step"])
-            lines = (folder / METRICS_FILE).read_text().splitlines()
-            self.history = [json.loads(line) for line in lines if line.strip()]
-            rng_path = folder / rng_file(self.rank)
-            if rng_path.is_file():
-                set_rng_state(torch.load(rng_path, weights_only=False))
+        location = checkpoint_location(checkpoint)
+        listing = storage.list_files(location)
+        wanted = [TRAINER_STATE, METRICS_FILE, rng_file(self.rank)]
+        wanted += self.engine.checkpoint_files(sorted(listing), self.rank, self.world)
+        wanted = [f for f in dict.fromkeys(wanted) if f in listing]
+        with tempfile.TemporaryDirectory(prefix="med42ray-resume-") as tmp:
+            fetched, folder = 0, Path(location)
+            if storage.is_uri(location):
+                fetched, folder = storage.download(location, tmp, files=wanted), Path(tmp)
+            self._load_checkpoint(folder)
+        everyone = all_gather({"bytes": fetched, "files": wanted})
+        self.resume_record = {
+            "resumed_checkpoint": location,
+            "checkpoint_bytes": sum(listing.values()),
+            "resume_fetched_bytes": [r["bytes"] for r in everyone],
+            "resume_files": [r["files"] for r in everyone],
+        }
         if self.rank == 0:
-            log.info("resumed from step %d (%s)", self.step, checkpoint.path)
+            log.info(
+                "resumed from step %d (%s): fetched %s of %d bytes",
+                self.step,
+                location,
+                self.resume_record["resume_fetched_bytes"],
+                self.resume_record["checkpoint_bytes"],
+            )
+
+    def _load_checkpoint(self, folder: Path) -> None:
+        """Engine state, step, metrics history and this rank's RNG state from `folder`."""
+        self.engine.load(folder)
+        state = json.loads((folder / TRAINER_STATE).read_text())
+        self.step = self.resumed_from = int(state["step"])
+        lines = (folder / METRICS_FILE).read_text().splitlines()
+        self.history = [json.loads(line) for line in lines if line.strip()]
+        rng_path = folder / rng_file(self.rank)
+        if rng_path.is_file():
+            set_rng_state(torch.load(rng_path, weights_only=False))
 
     # ----------------------------------------------------------------------------- train
     def _micro_batches(self, rows: list[Row]):
@@ -312,44 +365,65 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------------------ save
     def save_checkpoint(self, metrics: dict[str, Any], final: bool = False) -> None:
-        """Every worker saves its shard, rank 0 the trainer state and, at the end, the export."""
+        """Every worker saves its shard, rank 0 the trainer state; at the end rank 0 also
+        publishes the export to `export_to`, outside the checkpoint, and records where."""
         import ray.train
 
-        with tempfile.TemporaryDirectory(prefix="med42ray-ckpt-") as tmp:
+        with (
+            tempfile.TemporaryDirectory(prefix="med42ray-ckpt-") as tmp,
+            tempfile.TemporaryDirectory(prefix="med42ray-export-") as export_tmp,
+        ):
             folder = Path(tmp)
             self.engine.save(folder, self.rank)
             torch.save(rng_state(), folder / rng_file(self.rank))
-            exported = self.export(folder / EXPORT_DIR) if final else {}
+            built = self.export(Path(export_tmp)) if final else {}
+            barrier()  # the others wait in `report` (no timeout) while rank 0 uploads
             if self.rank == 0:
-                state = {
-                    "step": self.step,
-                    "total_steps": self.total_steps,
-                    "steps_per_epoch": self.steps_per_epoch,
-                    "resumed_from": self.resumed_from,
-                    "strategy": self.strategy.name,
-                    "engine": type(self.engine).__name__,
-                    "precision": self.precision,
-                    "world_size": self.world,
-                    "trainable_params": self.trainable_params,
-                    "total_params": self.total_params,
-                    "data": self.data_stats,
-                    "export": exported,
-                }
-                (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+                exported, sent = self.publish(Path(export_tmp), built)
+                (folder / TRAINER_STATE).write_text(
+                    json.dumps(self._state(exported, sent), indent=2)
+                )
                 with open(folder / METRICS_FILE, "w", encoding="utf-8") as fh:
                     fh.writelines(json.dumps(m) + "\n" for m in self.history)
-            barrier()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
+    def _state(self, exported: dict[str, str], export_bytes: int) -> dict[str, Any]:
+        """The trainer state rank 0 writes into a checkpoint."""
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "resumed_from": self.resumed_from,
+            "strategy": self.strategy.name,
+            "engine": type(self.engine).__name__,
+            "precision": self.precision,
+            "world_size": self.world,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "data": self.data_stats,
+            "export": exported,
+            "export_uploaded_bytes": export_bytes,
+            **self.resume_record,
+        }
+
     def export(self, out: Path) -> dict[str, str]:
-        """Hugging Face folder(s) of the trained model; ZeRO-3 shards are gathered first."""
+        """Hugging Face folder(s) of the trained model, written by rank 0 under the local `out`
+        ({kind: relative path}); ZeRO-3 shards are gathered first (every rank takes part)."""
         names = self.strategy.export_parameter_names(self.engine.module)
         state_dict = self.engine.state_dict_for_export(names, self.rank)
-        written: dict[str, str] = {}
-        if self.rank == 0:
-            written = self.strategy.export(self.engine.module, state_dict, out, self.tokenizer)
-        barrier()
-        return written
+        if self.rank != 0:
+            return {}
+        return self.strategy.export(self.engine.module, state_dict, out, self.tokenizer)
+
+    def publish(self, out: Path, built: dict[str, str]) -> tuple[dict[str, str], int]:
+        """Upload each built folder (with its `checksums.json`) to `<export_to>/<kind>`;
+        return ({kind: location}, bytes sent)."""
+        exported, sent = {}, 0
+        for kind, rel in built.items():
+            exported[kind] = storage.join(self.export_to, kind)
+            sent += publish(out / rel, exported[kind])
+            log.info("exported %s to %s", kind, exported[kind])
+        return exported, sent
 
     def cleanup(self) -> None:
         self.engine = None

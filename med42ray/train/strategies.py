@@ -112,8 +112,8 @@ class FullStrategy(Strategy):
 class LoraStrategy(Strategy):
     """LoRA: PEFT adapters on the target projections, base frozen; export is the adapter.
 
-    Only the adapter is exported here: `lora.merge_on_export` is done by the driver after
-    training (`med42ray.train.merge`), never under a worker's live ZeRO-3 context.
+    Only the adapter is exported here: `lora.merge_on_export` is done after training in a Ray
+    task of its own (`med42ray.train.merge`), never under a worker's live ZeRO-3 context.
     """
 
     name = "lora"
@@ -141,6 +141,12 @@ class LoraStrategy(Strategy):
 
     def export(self, model, state_dict, out, tokenizer):
         adapter = out / "adapter"
+        if self.cfg.model.name_or_path != "tiny":
+            # the base as users name it (hub id), not this node's resolved cache folder, so
+            # AutoPeftModelForCausalLM works on any machine
+            for peft_cfg in model.peft_config.values():
+                peft_cfg.base_model_name_or_path = self.cfg.model.name_or_path
+                peft_cfg.revision = self.cfg.model.revision
         model.save_pretrained(adapter, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(adapter)
         return {"adapter": "adapter"}

@@ -1,15 +1,21 @@
 """`run_training`: the driver side of the training stage.
 
-It opens the chat data with Ray Data, runs `FinetuneRecipe` on `resources.num_workers` Ray Train
-workers (`TorchTrainer`), and copies what the final checkpoint holds into `out`:
+It opens the chat data (a file, a folder or an object-store URI) with Ray Data, runs
+`FinetuneRecipe` on `resources.num_workers` Ray Train workers (`TorchTrainer`), each of which
+resolves the model on its own node, and writes:
 
-    out/model/          Hugging Face causal LM (full; LoRA with `lora.merge_on_export`,
-                        merged here in the driver after training, see `med42ray.train.merge`)
+    EXPORT/model/       Hugging Face causal LM (full; LoRA with `lora.merge_on_export`, merged
+                        after training in a Ray task of its own, see `med42ray.train.merge`)
+    EXPORT/adapter/     PEFT adapter (LoRA), loadable with AutoPeftModelForCausalLM
     out/merge_check.json  merged vs base + adapter logits (LoRA with `lora.merge_on_export`)
-    out/adapter/        PEFT adapter (LoRA), loadable with AutoPeftModelForCausalLM
     out/metrics.jsonl   one JSON line of metrics per optimiser step (rank 0's view)
-    out/train_result.json, out/config.yaml
+    out/train_result.json, out/config.yaml  (`transfers`: bytes the driver, the resuming
+                        workers, the export and the merge moved)
     out/ray_results/    Ray Train storage (checkpoints), unless `resources.storage_path`
+
+EXPORT is `export_to` (default `out`): a folder or an object-store URI; rank 0 uploads the
+export there (each folder with `checksums.json`), never into a checkpoint. The driver downloads
+no checkpoint: it reads the final one's `trainer_state.json` and `metrics.jsonl` only.
 
 The Ray Train run is named by what its weights depend on (`run_name`: the model, the strategy,
 every training setting but its length, the seed, the world size and the data). With
@@ -27,21 +33,41 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from med42ray import storage
 from med42ray.cluster import init_ray
-from med42ray.config import ExperimentConfig
-from med42ray.models import resolve_model_path
+from med42ray.config import ExperimentConfig, ResourcesConfig
 from med42ray.stages import fingerprint_inputs, stage_key
-from med42ray.train.checkpoint import METRICS_FILE, Exported, export_checkpoint
+from med42ray.train.checkpoint import (
+    METRICS_FILE,
+    Exported,
+    Location,
+    as_location,
+    checkpoint_location,
+    export_checkpoint,
+    filesystem_location,
+    read_metrics,
+)
 from med42ray.train.data import read_chat_dataset
 
 #: Test hook: "STEP:RANK:MARKER" makes worker RANK exit once at STEP (see FinetuneRecipe).
 FAIL_ENV = "MED42RAY_TRAIN_FAIL_ONCE"
 
 
+#: What the final trainer state says about bytes moved, copied into `TrainResult.transfers`.
+STATE_TRANSFERS = (
+    "checkpoint_bytes",
+    "resume_fetched_bytes",
+    "resume_files",
+    "resumed_checkpoint",
+    "export_uploaded_bytes",
+)
+
+
 @dataclass
 class TrainResult:
-    model_dir: Path | None  # loadable with AutoModelForCausalLM (None: LoRA without merge)
-    adapter_dir: Path | None  # LoRA adapter, loadable with AutoPeftModelForCausalLM
+    # locations: a Path when local, a URI string on object storage
+    model_dir: Location | None  # loadable with AutoModelForCausalLM (None: LoRA without merge)
+    adapter_dir: Location | None  # LoRA adapter, loadable with AutoPeftModelForCausalLM
     metrics_path: Path
     final_metrics: dict[str, Any]
     trainable_params: int
@@ -50,9 +76,10 @@ class TrainResult:
     checkpoint_path: str
     run_dir: str
     state: dict[str, Any] = field(default_factory=dict)
-    merge_check: dict[str, Any] | None = None  # LoRA merged in the driver (`train.merge`)
+    merge_check: dict[str, Any] | None = None  # LoRA merged after training (`train.merge`)
+    transfers: dict[str, Any] = field(default_factory=dict)
 
-    def weights_to_score(self) -> tuple[Path | None, Path | None]:
+    def weights_to_score(self) -> tuple[Location | None, Location | None]:
         """(model, adapter) an evaluation loads (`Exported.weights_to_score`)."""
         return Exported(self.model_dir, self.adapter_dir).weights_to_score()
 
@@ -69,6 +96,23 @@ def _fail_once_hook() -> dict[str, Any] | None:
     # before dying: a loaded machine can delay a poll
     poll = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 2.0))
     return {"step": int(step), "rank": int(rank), "marker": marker, "delay_s": max(3 * poll, 1.5)}
+
+
+def worker_resources(res: ResourcesConfig) -> dict[str, float]:
+    """What each training worker (and the LoRA merge task) asks Ray for: its CPUs, its GPUs,
+    and one unit of `accelerator_resource` per GPU (one on CPU) when set."""
+    need = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        need["GPU"] = res.gpus_per_worker
+    if res.accelerator_resource:
+        need[res.accelerator_resource] = res.gpus_per_worker if res.use_gpu else 1
+    return need
+
+
+def export_location(export_to: Location | None, out: Path) -> str:
+    """Where the export goes: `export_to` (absolute, if a path) or `out`."""
+    where = export_to if export_to is not None else out
+    return str(where) if storage.is_uri(where) else str(Path(where).resolve())
 
 
 def _cpus_left_for_data(train_cpus: float) -> bool:
@@ -128,13 +172,15 @@ def build_trainer(
     name: str | None = None,
     storage_path: str | None = None,
     reserved_cpus: float = 0.0,
+    export_to: Location | None = None,
 ):
     """The `TorchTrainer` of the training stage: `FinetuneRecipe` on `resources.num_workers`.
 
     `run_training` fits it; a sweep trial fits the same trainer with Tune's report callback.
     `name`/`storage_path` default to `<name>-train` under `resources.storage_path` or
     `out/ray_results`; `reserved_cpus` are CPUs other work (e.g. concurrent sweep trials) holds,
-    counted when deciding whether Ray Data can stream next to the workers.
+    counted when deciding whether Ray Data can stream next to the workers. Rank 0 publishes
+    the final export to `export_to` (default `out`).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -142,11 +188,7 @@ def build_trainer(
     from med42ray.train.recipe import train_loop_per_worker
 
     init_ray(cfg.resources.ray_address)
-    model_path = resolve_model_path(cfg.model)
     res = cfg.resources
-    worker = {"CPU": res.cpus_per_worker}
-    if res.use_gpu:
-        worker["GPU"] = res.gpus_per_worker
     # Ray Data gets the CPUs the workers leave; with none left its read tasks would wait
     # forever, so the (then small) data is read here, up front, instead of streamed (small
     # local files always are: read tasks would cost more to start than to run).
@@ -163,12 +205,14 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={
             "experiment": cfg.model_dump(mode="json"),
-            "model_path": model_path,
+            "export_to": export_location(export_to, Path(out)),
             "fail_once": _fail_once_hook(),
             "datasets": sorted(datasets),
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=worker
+            num_workers=res.num_workers,
+            use_gpu=res.use_gpu,
+            resources_per_worker=worker_resources(res),
         ),
         run_config=ray.train.RunConfig(
             name=name or run_name(cfg, data_identity(train_data, eval_data)),
@@ -182,17 +226,46 @@ def build_trainer(
     )
 
 
+def merge_lora_remote(cfg: ExperimentConfig, adapter: Location, export_to: str) -> dict[str, Any]:
+    """Merge `adapter` into the base model in a fresh Ray task (one process, then gone) on a
+    node with a training worker's resources; it publishes `<export_to>/model`. Returns
+    `merge.merge_and_publish`'s {"check", "model", "transfers"}."""
+    import ray
+
+    from med42ray.train.merge import merge_and_publish
+
+    init_ray(cfg.resources.ray_address)
+    need = worker_resources(cfg.resources)
+    task = ray.remote(
+        num_cpus=need.pop("CPU"),
+        num_gpus=need.pop("GPU", 0),
+        resources=need,
+        max_calls=1,
+    )(merge_and_publish)
+    return ray.get(task.remote(cfg.model_dump(mode="json"), str(adapter), export_to))
+
+
 def merge_lora_export(
-    cfg: ExperimentConfig, exported: Exported, out: Path
+    cfg: ExperimentConfig, exported: Exported, out: Path, export_to: Location | None = None
 ) -> tuple[Exported, dict[str, Any] | None]:
-    """With `lora.merge_on_export`, merge the copied adapter into `out/model` (no DeepSpeed
-    context here, unlike on the workers) and return the merge check."""
+    """With `lora.merge_on_export`, merge the exported adapter into `<export_to>/model`
+    (default `out/model`) in a Ray task (`merge_lora_remote`), write `out/merge_check.json`
+    and return the merge check."""
+    exported, merged = _merge_lora(cfg, exported, Path(out), export_to)
+    return exported, merged and merged["check"]
+
+
+def _merge_lora(
+    cfg: ExperimentConfig, exported: Exported, out: Path, export_to: Location | None
+) -> tuple[Exported, dict[str, Any] | None]:
     if not (cfg.train.lora.merge_on_export and exported.adapter is not None):
         return exported, None
-    from med42ray.train.merge import merge_export
+    from med42ray.train.merge import MERGE_CHECK_FILE
 
-    model_dir, check = merge_export(cfg, resolve_model_path(cfg.model), exported.adapter, out)
-    return Exported(model_dir, exported.adapter), check
+    merged = merge_lora_remote(cfg, exported.adapter, export_location(export_to, out))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MERGE_CHECK_FILE).write_text(json.dumps(merged["check"], indent=2))
+    return Exported(as_location(merged["model"]), exported.adapter), merged
 
 
 def run_training(
@@ -201,22 +274,33 @@ def run_training(
     out: Path,
     eval_data: str | Path | None = None,
     data_key: str | None = None,
+    export_to: Location | None = None,
 ) -> TrainResult:
-    """Fine-tune `cfg.model` on the chat data at `train_data`; write the export under `out`.
+    """Fine-tune `cfg.model` on the chat data at `train_data` (a file, folder or URI); publish
+    the export to `export_to` (default `out`) and write the run's record under `out`.
 
     The Ray Train run is named by `run_name`: from `data_key` (a data stage's content key)
     when given, else from the content of the data files."""
     started = time.perf_counter()
+    before = storage.transfers()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    export_to = export_location(export_to, out)
     data = {"data_stage": data_key} if data_key else data_identity(train_data, eval_data)
-    trainer = build_trainer(cfg, train_data, out, eval_data=eval_data, name=run_name(cfg, data))
+    name = run_name(cfg, data)
+    trainer = build_trainer(cfg, train_data, out, eval_data, name=name, export_to=export_to)
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    exported, state = export_checkpoint(result.checkpoint, out)
-    exported, merge_check = merge_lora_export(cfg, exported, out)
+    exported, state = export_checkpoint(result.checkpoint)  # two small files, no download
+    (out / METRICS_FILE).write_text(read_metrics(result.checkpoint), encoding="utf-8")
+    exported, merged = _merge_lora(cfg, exported, out, export_to)
     (out / "config.yaml").write_text(cfg.to_yaml())
+    after = storage.transfers()
+    transfers = {k: state[k] for k in STATE_TRANSFERS if k in state}
+    transfers["driver"] = {k: after[k] - before[k] for k in after}
+    if merged:
+        transfers["merge"] = merged["transfers"]
     outcome = TrainResult(
         model_dir=exported.model,
         adapter_dir=exported.adapter,
@@ -225,10 +309,11 @@ def run_training(
         trainable_params=state["trainable_params"],
         total_params=state["total_params"],
         wall_time_s=time.perf_counter() - started,
-        checkpoint_path=result.checkpoint.path,
-        run_dir=result.path,
+        checkpoint_path=checkpoint_location(result.checkpoint),
+        run_dir=filesystem_location(result.filesystem, result.path),
         state=state,
-        merge_check=merge_check,
+        merge_check=merged and merged["check"],
+        transfers=transfers,
     )
     (out / "train_result.json").write_text(json.dumps(outcome.to_json(), indent=2))
     return outcome
