@@ -36,6 +36,12 @@ app.add_typer(model_app, name="model")
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder of this stage.")]
+RunOutOpt = Annotated[
+    str,
+    typer.Option(
+        "--out", "-o", help="Run folder: local, or object storage (s3://bucket/runs/NAME)."
+    ),
+]
 DataOpt = Annotated[
     str | None, typer.Option(help="Chat-schema JSONL/Parquet (default: OUT/../data/train).")
 ]
@@ -240,7 +246,7 @@ def eval_command(
 
 @app.command("run")
 def run_command(
-    config: ConfigArg, out: OutOpt, overrides: SetOpt = None, overlays: OverlayOpt = None
+    config: ConfigArg, out: RunOutOpt, overrides: SetOpt = None, overlays: OverlayOpt = None
 ) -> None:
     """The whole experiment: data, full and LoRA fine-tuning, evaluation of all, report.
 
@@ -248,29 +254,41 @@ def run_command(
     was interrupted.
     """
     from med42ray.experiment import run_experiment
+    from med42ray.stages import RunFolder
 
     cfg = load_config(config, parse_overrides(overrides), overlays or [])
     report = run_experiment(cfg, out)
     typer.echo((report / "report.md").read_text().split("\n## Training cost")[0])
-    typer.echo(f"report: {report / 'report.md'}")
+    typer.echo(f"report: {RunFolder.open(out).location_of(report)}/report.md")
 
 
 @app.command("report")
 def report_command(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders of `med42ray run`.")],
+    runs: Annotated[
+        list[str], typer.Argument(help="Run folders of `med42ray run` (local or s3://...).")
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Default: RUN_DIR/report for one run.")
     ] = None,
 ) -> None:
     """Rebuild the report from finished runs; several runs are compared side by side."""
     from med42ray.report import build_report
+    from med42ray.stages import RunFolder
 
+    folders = [RunFolder.open(run) for run in runs]
+    for folder in folders:
+        folder.fetch()  # a remote run: its tables, not its shards or weights
     if out is None:
         if len(runs) > 1:
             raise UsageFailure("comparing several runs needs --out")
-        out = runs[0] / "report"
-    build_report(runs, out)
-    typer.echo(f"report: {out / 'report.md'}")
+        out = folders[0].local / "report"
+    build_report([f.local for f in folders], out)
+    if len(folders) == 1 and out == folders[0].local / "report":
+        folders[0].publish("report")
+        out_location = folders[0].location_of(out)
+    else:
+        out_location = str(out)
+    typer.echo(f"report: {out_location}/report.md")
 
 
 @app.command()

@@ -9,6 +9,13 @@ again in the same folder and resumes there (training from its last Ray Train che
 evaluation from its finished parts). `RUN_DIR/run.json` names the current folder of every
 stage, written after each one, so `med42ray report RUN_DIR` can rebuild the report from
 whatever has finished.
+
+`RUN_DIR` may be an object-store URI (`--out s3://bucket/runs/7b`), which is what a cluster
+whose nodes share no filesystem needs: the driver works in a local copy (`stages.RunFolder`),
+every stage's outputs are uploaded before its marker, Ray Train checkpoints go to
+`RUN_DIR/ray_results` (unless `resources.storage_path` says otherwise), the workers read the
+shards, the evaluation actors the exported weights, straight from storage. A local `RUN_DIR` on
+a cluster of several nodes is refused unless `resources.shared_filesystem` says it is shared.
 """
 
 from __future__ import annotations
@@ -17,8 +24,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from med42ray import storage
 from med42ray.config import ExperimentConfig, strategy_config
 from med42ray.stages import (
+    RunFolder,
     StageResult,
     fingerprint_inputs,
     finish_index,
@@ -55,7 +64,7 @@ def _benchmark_files(cfg: ExperimentConfig) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------ stages
-def data_stage(cfg: ExperimentConfig, run_dir: Path, base_id: str) -> StageResult:
+def data_stage(cfg: ExperimentConfig, run: RunFolder, base_id: str) -> StageResult:
     """Prepare and decontaminate the training data (shared by every strategy)."""
     from med42ray.data import prepare_data
 
@@ -71,11 +80,14 @@ def data_stage(cfg: ExperimentConfig, run_dir: Path, base_id: str) -> StageResul
         manifest = prepare_data(cfg, folder)
         return {"totals": manifest["totals"]}
 
-    return run_stage(run_dir, "data", inputs, work, cfg.to_yaml())
+    return run_stage(run, "data", inputs, work, cfg.to_yaml())
 
 
-def train_stage(cfg: ExperimentConfig, run_dir: Path, data: StageResult, base_id: str):
-    """Fine-tune with `cfg.train.strategy` on the data stage's shards; resumable in place."""
+def train_stage(cfg: ExperimentConfig, run: RunFolder, data: StageResult, base_id: str):
+    """Fine-tune with `cfg.train.strategy` on the data stage's shards; resumable in place.
+
+    The workers read the shards from the data stage's location, and rank 0 writes the export
+    into this stage's location (in storage for a remote run): the driver moves no weights."""
     from med42ray.train import run_training
 
     strategy = cfg.train.strategy
@@ -86,38 +98,44 @@ def train_stage(cfg: ExperimentConfig, run_dir: Path, data: StageResult, base_id
         "data": data.key,
     }
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": True})})
-    held_out = data.folder / "eval"
+    has_held_out = data.summary.get("totals", {}).get("kept_eval", 0) > 0
 
     def work(folder: Path) -> dict[str, Any]:
         result = run_training(
             cfg,
-            data.folder / "train",
+            storage.join(data.location, "train"),
             folder,
-            eval_data=held_out if held_out.is_dir() else None,
+            eval_data=storage.join(data.location, "eval") if has_held_out else None,
             data_key=data.key,
+            export_to=run.location_of(folder),
         )
         return {
             "strategy": strategy,
-            "model_dir": result.model_dir and result.model_dir.name,
-            "adapter_dir": result.adapter_dir and result.adapter_dir.name,
+            "model_dir": _folder_name(result.model_dir),
+            "adapter_dir": _folder_name(result.adapter_dir),
             "trainable_params": result.trainable_params,
             "total_params": result.total_params,
             "wall_s": result.wall_time_s,
             "final_loss": result.final_metrics.get("loss"),
         }
 
-    return run_stage(run_dir, f"train-{strategy}", inputs, work, cfg.to_yaml())
+    return run_stage(run, f"train-{strategy}", inputs, work, cfg.to_yaml())
+
+
+def _folder_name(location: str | Path | None) -> str | None:
+    return str(location).rstrip("/").rsplit("/", 1)[-1] if location else None
 
 
 def eval_stage(
     cfg: ExperimentConfig,
-    run_dir: Path,
+    run: RunFolder,
     label: str,
     source_key: str,
-    model: Path | None = None,
-    adapter: Path | None = None,
+    model: str | None = None,
+    adapter: str | None = None,
 ) -> StageResult:
-    """Score one model (`label`: base, full, lora) on the config's benchmarks."""
+    """Score one model (`label`: base, full, lora) on the config's benchmarks; `model` and
+    `adapter` are locations the actors read (from storage on a remote run)."""
     from med42ray.eval import run_eval
 
     inputs = {
@@ -131,26 +149,46 @@ def eval_stage(
         summary = run_eval(
             cfg,
             folder,
-            model=str(model) if model else None,
-            adapter=str(adapter) if adapter else None,
+            model=model,
+            adapter=adapter,
             label=label,
+            parts=storage.join(run.location_of(folder), "parts"),
         )
         tasks = summary[summary["level"] == "task"]
         acc = dict(zip(tasks["benchmark"], tasks["acc"].astype(float), strict=True))
         return {"label": label, "items": int(tasks["n"].sum()), "acc": acc}
 
-    return run_stage(run_dir, f"eval-{label}", inputs, work, cfg.to_yaml())
+    return run_stage(run, f"eval-{label}", inputs, work, cfg.to_yaml())
 
 
-def trained_weights(stage: StageResult) -> tuple[Path | None, Path | None]:
-    """(model, adapter) to score for a finished train stage (`Exported.weights_to_score`)."""
+def trained_weights(stage: StageResult) -> tuple[str | None, str | None]:
+    """(model, adapter) locations to score for a finished train stage
+    (`Exported.weights_to_score`)."""
     from med42ray.train.checkpoint import Exported
 
     summary = stage.summary
+    where = stage.location or str(stage.folder)
     return Exported(
-        stage.folder / summary["model_dir"] if summary.get("model_dir") else None,
-        stage.folder / summary["adapter_dir"] if summary.get("adapter_dir") else None,
+        storage.join(where, summary["model_dir"]) if summary.get("model_dir") else None,
+        storage.join(where, summary["adapter_dir"]) if summary.get("adapter_dir") else None,
     ).weights_to_score()
+
+
+def check_run_folder(cfg: ExperimentConfig, run: RunFolder) -> None:
+    """Refuse a local run folder on a cluster of several nodes (they share no filesystem,
+    unless `resources.shared_filesystem` says so): a worker would write shards, checkpoints
+    or scores where no other node can read them."""
+    from med42ray.cluster import alive_nodes, ray_address
+
+    if run.remote or cfg.resources.shared_filesystem or not ray_address(cfg.resources.ray_address):
+        return
+    nodes = alive_nodes(cfg.resources.ray_address)
+    if nodes > 1:
+        raise ValueError(
+            f"--out {run.local}: a local folder, but the Ray cluster has {nodes} nodes that "
+            "share no filesystem; use an object-store URI (--out s3://bucket/runs/NAME) or, "
+            "if this folder is on a volume every node mounts, set resources.shared_filesystem"
+        )
 
 
 # ------------------------------------------------------------------------------ fail fast
@@ -176,31 +214,41 @@ def check_inputs(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- the recipe
-def run_experiment(cfg: ExperimentConfig, run_dir: Path) -> Path:
+def run_experiment(cfg: ExperimentConfig, out: str | Path) -> Path:
     """Data, each strategy's fine-tune, evaluation of base and fine-tunes, report.
 
-    Returns the report folder. Safe to call again on the same `run_dir`: finished stages are
-    reused, an interrupted one resumes.
+    Returns the report folder (the driver's copy; with an object-store `out` it is uploaded to
+    `out/report` too). Safe to call again on the same `out`: finished stages are reused, an
+    interrupted one resumes.
     """
     from med42ray.report import build_report
 
     check_inputs(cfg)
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    index = new_index(run_dir, cfg.name, cfg.run.strategies)
+    run = RunFolder.open(out)
+    check_run_folder(cfg, run)
+    if run.remote and not cfg.resources.storage_path:
+        resources = cfg.resources.model_copy(
+            update={"storage_path": storage.join(run.remote, "ray_results")}
+        )
+        cfg = cfg.model_copy(update={"resources": resources})
+    run.local.mkdir(parents=True, exist_ok=True)
+    (run.local / "config.yaml").write_text(cfg.to_yaml())
+    run.publish("config.yaml")
+    index = new_index(run, cfg.name, cfg.run.strategies)
 
     base_id = base_model_id(cfg)
-    data = data_stage(cfg, run_dir, base_id)
-    record_stage(run_dir, index, data)
+    data = data_stage(cfg, run, base_id)
+    record_stage(run, index, data)
     trained = {}
     for strategy in cfg.run.strategies:
-        trained[strategy] = train_stage(strategy_config(cfg, strategy), run_dir, data, base_id)
-        record_stage(run_dir, index, trained[strategy])
+        trained[strategy] = train_stage(strategy_config(cfg, strategy), run, data, base_id)
+        record_stage(run, index, trained[strategy])
     if cfg.run.evaluate_base:
-        record_stage(run_dir, index, eval_stage(cfg, run_dir, "base", base_id))
+        record_stage(run, index, eval_stage(cfg, run, "base", base_id))
     for strategy, stage in trained.items():
         model, adapter = trained_weights(stage)
-        record_stage(run_dir, index, eval_stage(cfg, run_dir, strategy, stage.key, model, adapter))
-    finish_index(run_dir, index)
-    return build_report([run_dir], run_dir / "report")
+        record_stage(run, index, eval_stage(cfg, run, strategy, stage.key, model, adapter))
+    finish_index(run, index)
+    report = build_report([run.local], run.local / "report")
+    run.publish("report")
+    return report
