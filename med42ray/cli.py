@@ -204,7 +204,7 @@ def resolve_train_data(out: Path, data: str | None, eval_data: str | None):
 @app.command("sweep")
 def sweep_command(
     sweep: Annotated[Path, typer.Argument(help="Sweep YAML (sweeps/) or experiment config.")],
-    out: OutOpt,
+    out: RunOutOpt,
     resume: Annotated[bool, typer.Option(help="Finish an interrupted sweep.")] = False,
     data: DataOpt = None,
     eval_data: EvalDataOpt = None,
@@ -212,15 +212,23 @@ def sweep_command(
     overlays: OverlayOpt = None,
 ) -> None:
     """Run a Ray Tune sweep whose trials launch the train stage's TorchTrainer."""
+    from med42ray.stages import RunFolder
     from med42ray.tune.space import apply_trial, load_sweep
     from med42ray.tune.sweep import run_sweep
 
     cfg = apply_trial(
         load_sweep(sweep, overlays or []), parse_overrides(overrides), source=str(sweep)
     )
-    train_data, held_out = resolve_train_data(out, data, eval_data)
-    run_sweep(cfg, out, train_data, held_out, resume=resume)
-    typer.echo((out / "trials.md").read_text())
+    folder = RunFolder.open(out)
+    if folder.remote and not data:
+        raise UsageFailure("a sweep into object storage needs --data (e.g. a run's data-*/train)")
+    if folder.remote and not cfg.resources.storage_path:  # trials' checkpoints and exports
+        cfg = apply_trial(cfg, {"resources.storage_path": f"{folder.remote}/ray_results"})
+    train_data, held_out = resolve_train_data(folder.local, data, eval_data)
+    run_sweep(cfg, folder.local, train_data, held_out, resume=resume)
+    for name in ("trials.csv", "trials.md", "best"):
+        folder.publish(name)
+    typer.echo((folder.local / "trials.md").read_text())
 
 
 @app.command("eval")

@@ -9,14 +9,17 @@ and fits it. Optionally (`tune.evaluate`) it then scores the trial's exported mo
 Layout under the sweep's storage (`resources.storage_path`, else `out/ray_results`):
 
     <name>-sweep/            the Tune experiment (restored by `resume=True`)
-    <name>-sweep-trials/<trial_id>/   each trial's Ray Train run (checkpoints, export/)
+    <name>-sweep-trials/<trial_id>/   each trial's Ray Train run (checkpoints)
+    <name>-sweep-trials/<trial_id>/export/   its export (model/ and/or adapter/), published by
+                             rank 0 beside the checkpoints; with `tune.evaluate`, parts/ too
 
 and under `out`:
 
     trials.csv, trials.md    one row per trial: id, searched values, metric, status, error,
                              last step, checkpoint
-    best/                    the best finished trial's exported model (`model/` and/or
-                             `adapter/`, `metrics.jsonl`) and `best.json`
+    best/                    `best.json` (the best finished trial, its values and where its
+                             export is) and, for a sweep on local storage, a copy of that
+                             export (`model/` and/or `adapter/`, `metrics.jsonl`)
     mlflow.db                MLflow runs (SQLite) unless a tracking URI is configured
 """
 
@@ -34,8 +37,10 @@ from typing import Any
 
 import pandas as pd
 
+from med42ray import storage
 from med42ray.cluster import init_ray
 from med42ray.config import ConfigError, ExperimentConfig, parse_config
+from med42ray.train.checkpoint import checkpoint_location
 from med42ray.tune.space import apply_trial, param_space
 
 log = logging.getLogger(__name__)
@@ -82,26 +87,32 @@ def _trial(
         name=name,
         storage_path=train_storage,
         reserved_cpus=reserved_cpus,
+        export_to=storage.join(train_storage, name, "export"),
     )
     result = trainer.fit()
     if cfg.tune.evaluate:
         if result.checkpoint is None:
             raise RuntimeError("training finished without a checkpoint")
-        scores = _evaluate(cfg, result.checkpoint, trial_dir / "eval")
+        parts = storage.join(train_storage, name, "parts")
+        scores = _evaluate(cfg, result.checkpoint, trial_dir / "eval", parts)
         final = {k: v for k, v in (result.metrics or {}).items() if _is_number(v)}
-        tune.report({**final, **scores, "checkpoint_path": result.checkpoint.path})
+        where = checkpoint_location(result.checkpoint)
+        tune.report({**final, **scores, "checkpoint_path": where})
 
 
-def _evaluate(cfg: ExperimentConfig, checkpoint: Any, out: Path) -> dict[str, float]:
-    """Score a trial's exported model on `eval.benchmarks`: `accuracy` + `<benchmark>_acc`."""
+def _evaluate(cfg: ExperimentConfig, checkpoint: Any, out: Path, parts: str) -> dict[str, float]:
+    """Score a trial's exported model on `eval.benchmarks`: `accuracy` + `<benchmark>_acc`.
+    The actors read the export where rank 0 published it; the parts go to `parts`."""
     from med42ray.eval import run_eval
     from med42ray.train.checkpoint import export_checkpoint
 
     if not cfg.eval.benchmarks:
         raise ConfigError("tune.evaluate needs eval.benchmarks")
-    exported, _ = export_checkpoint(checkpoint, out / "export")
+    exported, _ = export_checkpoint(checkpoint)
     model, adapter = exported.weights_to_score()
-    summary = run_eval(cfg, out, model=model and str(model), adapter=adapter and str(adapter))
+    summary = run_eval(
+        cfg, out, model=model and str(model), adapter=adapter and str(adapter), parts=parts
+    )
     tasks = summary[summary["level"] == "task"]
     scores = {f"{row.benchmark}_acc": float(row.acc) for row in tasks.itertuples()}
     scores["accuracy"] = float(tasks["acc"].mean())
@@ -201,7 +212,7 @@ def run_sweep(
 
 
 def _is_local(path: str) -> bool:
-    return "://" not in str(path)
+    return not storage.is_uri(path)
 
 
 @contextlib.contextmanager
@@ -397,14 +408,15 @@ def best_trial(table: pd.DataFrame, cfg: ExperimentConfig) -> pd.Series | None:
         ckpt = row["checkpoint"]
         if not ckpt:
             continue
-        if _is_local(ckpt) and not is_final(ckpt):
+        if not is_final(ckpt):
             continue  # stopped early by ASHA: an intermediate checkpoint, no export
         return row
     return None
 
 
 def export_best(cfg: ExperimentConfig, table: pd.DataFrame, dest: Path) -> Path | None:
-    """Copy the best trial's exported model into `dest` (via the train stage's export code)."""
+    """`dest/best.json` for the best trial; its export copied into `dest` when it is on local
+    storage (on object storage it stays where rank 0 published it: best.json says where)."""
     from med42ray.train.checkpoint import export_checkpoint
     from med42ray.train.trainer import merge_lora_export
 
@@ -412,8 +424,11 @@ def export_best(cfg: ExperimentConfig, table: pd.DataFrame, dest: Path) -> Path 
     if row is None:
         log.warning("no finished trial with a final checkpoint: no best model exported")
         return None
-    exported, state = export_checkpoint(row["checkpoint"], dest)
-    exported, _ = merge_lora_export(cfg, exported, dest)  # LoRA with lora.merge_on_export
+    dest.mkdir(parents=True, exist_ok=True)
+    remote = storage.is_uri(row["checkpoint"])
+    exported, state = export_checkpoint(row["checkpoint"], None if remote else dest)
+    export_to = _parent(exported.adapter or exported.model) if remote else None
+    exported, _ = merge_lora_export(cfg, exported, dest, export_to)
     written = {k: v for k, v in (("model", exported.model), ("adapter", exported.adapter)) if v}
     record = {
         "trial_id": row["trial_id"],
@@ -427,6 +442,11 @@ def export_best(cfg: ExperimentConfig, table: pd.DataFrame, dest: Path) -> Path 
     }
     (dest / "best.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     return dest
+
+
+def _parent(location: Any) -> str | None:
+    """The export folder holding `location` (`<export>/adapter` -> `<export>`)."""
+    return str(location).rstrip("/").rsplit("/", 1)[0] if location else None
 
 
 def _plain(value: Any) -> Any:
