@@ -28,7 +28,7 @@ def one_optimizer_step(cfg: ExperimentConfig) -> dict[str, Any]:
     """Load the model, compute the loss on one chat, take one AdamW step, recompute it."""
     import torch
 
-    path = resolve_model_path(cfg.model)
+    path = resolve_model_path(cfg.model, cfg.resources.hub_mirror)
     tokenizer = load_tokenizer(cfg.model, path)
     model = load_model(cfg.model, path)
     batch = tokenizer.apply_chat_template(

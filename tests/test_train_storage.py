@@ -114,3 +114,21 @@ def test_workers_ask_for_the_accelerator_resource():
     assert worker_resources(cpu) == {"CPU": res.cpus_per_worker, "fake_gpu": 1}
     gpu = cpu.model_copy(update={"use_gpu": True, "gpus_per_worker": 2})
     assert worker_resources(gpu) == {"CPU": res.cpus_per_worker, "GPU": 2, "fake_gpu": 2}
+
+
+def test_a_dead_workers_staging_folders_are_removed(tmp_path):
+    """A worker killed mid-save leaves its staging folder; the next worker on the node removes
+    it, never a live process's."""
+    import subprocess
+
+    from med42ray.train.recipe import remove_stale_staging, staging
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"med42ray-ckpt-{dead.pid}-abc").mkdir()
+    (tmp_path / "med42ray-export-notapid-x").mkdir()
+    with staging("export") as live:
+        moved = Path(live).rename(tmp_path / Path(live).name)
+        assert remove_stale_staging(str(tmp_path)) == [f"med42ray-ckpt-{dead.pid}-abc"]
+        assert moved.is_dir() and (tmp_path / "med42ray-export-notapid-x").is_dir()
+        moved.rename(live)

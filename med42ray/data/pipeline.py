@@ -87,7 +87,7 @@ def prepare_data(
     import ray
 
     from med42ray.cluster import init_ray
-    from med42ray.models import resolve_model_path
+    from med42ray.models import resolve_tokenizer_path
 
     laps, dcfg, out = Laps(verbose), cfg.data, Path(out)
     inputs = open_inputs(cfg)  # every source opened, every benchmark indexed: fails fast
@@ -108,7 +108,8 @@ def prepare_data(
     caps = {s.name: s.max_records for s in dcfg.sources if s.max_records}
     ds = CapPerSource(caps, cfg.seed).apply(ds)
     laps("sample")
-    count_tokens = TokenCounter.load(cfg.model, resolve_model_path(cfg.model))
+    tokenizer_path = resolve_tokenizer_path(cfg.model, cfg.resources.hub_mirror)
+    count_tokens = TokenCounter.load(cfg.model, tokenizer_path)
     ds = CleaningFilter(count_tokens, dcfg.filters).apply(ds)
     laps("filter")
     exact, near = ExactDedup(ids), NearDedup(dcfg.near_dedup, cfg.seed + 1, ids)

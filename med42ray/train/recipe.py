@@ -100,6 +100,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+STAGING_PREFIX = "med42ray-"
+
+
+def staging(kind: str) -> tempfile.TemporaryDirectory:
+    """A node-local temp folder for a checkpoint, an export or a resume, named by this process
+    (`med42ray-<kind>-<pid>-...`), so `remove_stale_staging` can tell a dead worker's leftovers."""
+    return tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{kind}-{os.getpid()}-")
+
+
+def remove_stale_staging(root: str | None = None) -> list[str]:
+    """Remove staging folders of workers that died mid-save (a killed node's restarted
+    workers, a trial stopped by ASHA): their process no longer exists. Returns what went."""
+    import re
+    import shutil
+
+    root = root or tempfile.gettempdir()
+    gone = []
+    for path in Path(root).glob(f"{STAGING_PREFIX}*-*-*"):
+        match = re.match(rf"{STAGING_PREFIX}(resume|ckpt|export)-(\d+)-", path.name)
+        if match and path.is_dir() and not Path(f"/proc/{match.group(2)}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            gone.append(path.name)
+    return gone
+
+
 class Laps:
     """Named wall-clock laps, for a one-line account of where set-up time went."""
 
@@ -220,7 +245,7 @@ class FinetuneRecipe:
         wanted = [TRAINER_STATE, METRICS_FILE, rng_file(self.rank)]
         wanted += self.engine.checkpoint_files(sorted(listing), self.rank, self.world)
         wanted = [f for f in dict.fromkeys(wanted) if f in listing]
-        with tempfile.TemporaryDirectory(prefix="med42ray-resume-") as tmp:
+        with staging("resume") as tmp:
             fetched, folder = 0, Path(location)
             if storage.is_uri(location):
                 fetched, folder = storage.download(location, tmp, files=wanted), Path(tmp)
@@ -370,8 +395,8 @@ class FinetuneRecipe:
         import ray.train
 
         with (
-            tempfile.TemporaryDirectory(prefix="med42ray-ckpt-") as tmp,
-            tempfile.TemporaryDirectory(prefix="med42ray-export-") as export_tmp,
+            staging("ckpt") as tmp,
+            staging("export") as export_tmp,
         ):
             folder = Path(tmp)
             self.engine.save(folder, self.rank)
@@ -434,6 +459,7 @@ class FinetuneRecipe:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry point on every worker."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    remove_stale_staging()
     recipe = FinetuneRecipe(config)
     recipe.setup()
     recipe.train()

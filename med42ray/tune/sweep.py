@@ -349,10 +349,19 @@ def trials_table(cfg: ExperimentConfig, results: Any) -> pd.DataFrame:
         row["status"] = trial.status
         row["step"] = last.get("step")
         row["error"] = _error_line(result.error) if result.error else ""
-        row["checkpoint"] = last.get("checkpoint_path") or ""
-        row["trial_dir"] = result.path
+        row["checkpoint"] = _as_uri(last.get("checkpoint_path") or "", cfg)
+        row["trial_dir"] = _as_uri(result.path, cfg)
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ["trial_id", *keys, metric, *TABLE_COLUMNS])
+
+
+def _as_uri(path: str, cfg: ExperimentConfig) -> str:
+    """Tune reports paths within the storage filesystem (`bucket/key`): give object-store
+    ones their scheme back, so they can be read from anywhere."""
+    store = cfg.resources.storage_path or ""
+    if path and storage.is_uri(store) and not storage.is_uri(path):
+        return f"{store.split('://', 1)[0]}://{path.lstrip('/')}"
+    return path
 
 
 def _error_line(error: BaseException) -> str:
