@@ -6,7 +6,7 @@ CONFIG ?= configs/tiny.yaml
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo doctor test lint format clean
+.PHONY: venv demo doctor test lint format clean rehearsal
 
 venv:
 	@bash scripts/setup_venv.sh
@@ -18,6 +18,12 @@ demo: venv
 
 doctor: venv
 	$(BIN)/med42ray doctor $(CONFIG) --out $(OUT)/doctor
+
+# Issue 17's acceptance test (root): a one-machine cluster shaped like the real one (S3, head,
+# worker nodes in private namespaces), the paper recipe on it with a node killed and the job
+# stopped and resubmitted, an autoscaling sweep; torn down always. See scripts/rehearsal/.
+rehearsal: venv
+	bash scripts/rehearsal/rehearse.sh $(REHEARSAL_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -15,6 +15,13 @@ import pyarrow.parquet as pq
 import yaml
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "real"
+TINY_CORPORA = Path(__file__).resolve().parents[1] / "data" / "tiny" / "corpora"
+#: The hub's chat-style training repositories the paper recipes read (alpaca schema).
+CHAT_REPOS = (
+    "medalpaca/medical_meadow_medical_flashcards",
+    "medalpaca/medical_meadow_wikidoc",
+    "lavita/ChatDoctor-HealthCareMagic-100k",
+)
 MMLU_SUBJECTS = (
     "anatomy",
     "clinical_knowledge",
@@ -95,19 +102,38 @@ def headqa_rows() -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def build_recipe_mirror(root: Path) -> Path:
-    """A mirror of every hub dataset the paper recipes name (sources and benchmarks)."""
+def corpus_chat_rows() -> dict[str, list[dict[str, Any]]]:
+    """Rows for `CHAT_REPOS` with enough text to train a few steps, made from the tiny corpora
+    (made-up subjects, no benchmark item): the flashcards in medalpaca's flashcard form
+    (instruction, question as input, answer as output), the Alpaca records split in two."""
+    cards = [
+        {"instruction": "Answer this question truthfully", "input": r["question"],
+         "output": r["answer"]}
+        for r in map(json.loads, (TINY_CORPORA / "flashcards.jsonl").read_text().splitlines())
+    ]  # fmt: skip
+    alpaca = [
+        {"instruction": r["instruction"], "input": r.get("input", ""), "output": r["output"]}
+        for r in map(json.loads, (TINY_CORPORA / "alpaca.jsonl").read_text().splitlines())
+    ]
+    half = len(alpaca) // 2
+    return dict(zip(CHAT_REPOS, (cards, alpaca[:half], alpaca[half:]), strict=True))
+
+
+def build_recipe_mirror(
+    root: Path, chat_rows: dict[str, list[dict[str, Any]]] | None = None
+) -> Path:
+    """A mirror of every hub dataset the paper recipes name (sources and benchmarks).
+
+    The chat-style training repositories hold `CHAT_ROWS` unless `chat_rows` ({repo: rows},
+    e.g. `corpus_chat_rows()`) says otherwise; benchmark-derived repositories hold the real
+    release rows."""
     medqa = REAL / "medqa" / "data_clean" / "questions" / "US" / "4_options"
     medqa_test = [
         json.loads(line)
         for line in (medqa / "phrases_no_exclude_test.jsonl").read_text().splitlines()
     ]
-    for repo in (
-        "medalpaca/medical_meadow_medical_flashcards",
-        "medalpaca/medical_meadow_wikidoc",
-        "lavita/ChatDoctor-HealthCareMagic-100k",
-    ):
-        write_repo(root, repo, {"default": {"train": CHAT_ROWS}})
+    for repo in CHAT_REPOS:
+        write_repo(root, repo, {"default": {"train": (chat_rows or {}).get(repo, CHAT_ROWS)}})
     write_repo(
         root,
         "GBaker/MedQA-USMLE-4-options",

@@ -3,6 +3,7 @@
 # Each node is a PID namespace: SIGTERM its init (`ray start --block`, which stops the node's
 # Ray processes), wait, then SIGKILL the `unshare` parent (--kill-child takes the whole
 # namespace down with it). Only processes started by up.sh are touched.
+# KEEP_S3=1 leaves the S3 server (and its bucket) running: the rehearsal swaps clusters on it.
 set -uo pipefail
 : "${BASE:=${TMPDIR:-/tmp}/med42ray-rehearsal}" "${GRACE:=5}"
 t0=$(date +%s.%N)
@@ -22,7 +23,7 @@ stop_group() {  # pids... : TERM the ns inits, wait, KILL the unshare parents
 w=(); for n in $nodes; do [ "$n" != head ] && w+=("$(cat "$BASE/$n.pid")"); done
 [ ${#w[@]} -gt 0 ] && stop_group "${w[@]}"; echo "workers down: $(el)s"
 [ -e "$BASE/head.pid" ] && stop_group "$(cat "$BASE/head.pid")"; echo "head down: $(el)s"
-if [ -e "$BASE/s3.pid" ]; then kill -TERM "$(cat "$BASE/s3.pid")" 2>/dev/null; sleep 0.3
-  kill -KILL "$(cat "$BASE/s3.pid")" 2>/dev/null; fi
-for n in $nodes; do rm -f "$BASE/$n.pid"; done; rm -f "$BASE/s3.pid"
+if [ "${KEEP_S3:-0}" != 1 ] && [ -e "$BASE/s3.pid" ]; then kill -TERM "$(cat "$BASE/s3.pid")" 2>/dev/null; sleep 0.3
+  kill -KILL "$(cat "$BASE/s3.pid")" 2>/dev/null; rm -f "$BASE/s3.pid"; fi
+for n in $nodes; do rm -f "$BASE/$n.pid"; done
 echo "all down: $(el)s"

@@ -5,6 +5,9 @@
 # process (unshare --kill-child) ends every process of the node. Env: BASE, REPO, RAY_BIN,
 # SHM_SIZE, OBJ_MEM, KEEP_BASE=1 (head running an autoscaler that launches nested nodes).
 set -euo pipefail
+# a node outlives whoever started it: keep none of their open files (a caller's `flock` lock,
+# pipes) beyond stdin/out/err (255: the script bash is reading)
+for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && [ "$fd" != 255 ] && eval "exec $fd>&-"; done 2>/dev/null || true
 name=$1 ip=$2 pb=$3; shift 3
 : "${BASE:?}" "${REPO:?}" "${RAY_BIN:=$REPO/.venv/bin/ray}" "${SHM_SIZE:=512m}" "${OBJ_MEM:=100000000}"
 d="$BASE/$name"; rm -rf "$d"; mkdir -p "$d/tmp" /run/rehearsal-keep/repo /run/rehearsal-keep/base

@@ -25,6 +25,10 @@ export PATH="$(dirname "$RAY_BIN"):$PATH"       # `python` in job entrypoints = 
 export AWS_ACCESS_KEY_ID=rehearsal AWS_SECRET_ACCESS_KEY=rehearsal AWS_DEFAULT_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true   # never let the AWS SDK probe 169.254.169.254
 export AWS_ENDPOINT_URL_S3="http://127.0.0.1:$S3_PORT"
+# no hub access on these nodes (datasets and models come from the mirror in the bucket): say so,
+# or every hub probe (e.g. Ray Data's from_huggingface looking for the hub's Parquet copy of a
+# dataset) retries for ~23 s before it gives up
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # faster dead-node detection (read by the GCS on the head; harmless elsewhere)
 if [ "${FAST_HEALTH:-1}" = 1 ]; then
   export RAY_health_check_initial_delay_ms=1000 RAY_health_check_period_ms=1000 \
@@ -36,7 +40,9 @@ t0=$(date +%s.%N)
 el() { python3 -c "import sys;print(f'{float(sys.argv[2])-float(sys.argv[1]):.2f}')" "$t0" "$(date +%s.%N)"; }
 
 # ---- S3 ----------------------------------------------------------------------------------
-setsid "$S3_PY/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$BASE/s3.log" 2>&1 &
+# (without the caller's open files beyond stdin/out/err, e.g. a `flock` lock: it outlives us)
+( for fd in $(ls /proc/$BASHPID/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done 2>/dev/null
+  exec setsid "$S3_PY/moto_server" -H 127.0.0.1 -p "$S3_PORT" ) >"$BASE/s3.log" 2>&1 &
 echo $! >"$BASE/s3.pid"
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$S3_PORT/moto-api/" -o /dev/null && break; sleep 0.05; done
 curl -sf -X PUT "http://127.0.0.1:$S3_PORT/$S3_BUCKET" -o /dev/null
@@ -44,14 +50,21 @@ echo "s3 up + bucket: $(el)s"
 
 # ---- nodes -------------------------------------------------------------------------------
 # start_node NAME IP PORT_BASE ray-start-args...  (node.sh does the namespaces)
+# The node's arguments are kept in $BASE/NAME.args: restart_node.sh NAME starts it again the
+# same way (as an autoscaler replaces a lost node). The environment above is in $BASE/node.env.
 start_node() {
   mkdir -p "$BASE/$1"
+  printf '%q ' "$@" >"$BASE/$1.args"
   BASE="$BASE" REPO="$REPO" RAY_BIN="$RAY_BIN" SHM_SIZE="$SHM_SIZE" OBJ_MEM="$OBJ_MEM" \
-    setsid "$HERE/node.sh" "$@" >"$BASE/$1.log" 2>&1 &
+    setsid "$HERE/node.sh" "$@" >>"$BASE/$1.log" 2>&1 &
   echo $! >"$BASE/$1.pid"
 }
+export REPO RAY_BIN SHM_SIZE OBJ_MEM
+export -p | grep -E ' (RAY_|AWS_|HF_|TRANSFORMERS_|PATH=|REPO=|SHM_SIZE=|OBJ_MEM=)' >"$BASE/node.env"
 
-start_node head "$HEAD_IP" 20000 --head --port "$GCS_PORT" --num-cpus 1 \
+# the head runs no Ray work, as on the real cluster (cluster/aws.yaml: `CPU: 0`): the job's
+# driver needs none; data tasks, training workers and evaluation actors go to the workers
+start_node head "$HEAD_IP" 20000 --head --port "$GCS_PORT" --num-cpus "${HEAD_CPUS:-0}" \
   --dashboard-host "$HEAD_IP" --dashboard-port "$DASH_PORT" --ray-client-server-port 10011 \
   --resources '{"head": 1}'
 # wait for the GCS before starting workers
