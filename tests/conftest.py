@@ -128,7 +128,7 @@ def ray_session():
 #: The S3 endpoint the tests' object storage (moto's server, from `.venv-rehearsal`, the
 #: rehearsal's) listens on. Set at import, before any Ray starts, so every Ray worker process
 #: reaches it through the environment, as a cluster's nodes reach MinIO or S3.
-S3_PORT = int(os.environ.get("MED42RAY_TEST_S3_PORT", 9000 + os.getpid() % 900))
+S3_PORT = int(os.environ.get("MED42RAY_TEST_S3_PORT", 9100 + os.getpid() % 800))  # not 9010
 os.environ.setdefault("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{S3_PORT}")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
