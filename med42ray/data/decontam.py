@@ -1,4 +1,4 @@
-"""Benchmark decontamination: an n-gram index built once, a filter run by an actor pool.
+"""Benchmark decontamination: an n-gram index built once, a filter run by Ray Data tasks.
 
 Shaped like datatrove's `NGramsDecontIndexer` / `NGramsDecontFilter`:
 
@@ -11,18 +11,20 @@ Shaped like datatrove's `NGramsDecontIndexer` / `NGramsDecontFilter`:
   The sort that builds each table also counts the distinct items of every n-gram: those in
   more than `max_item_frequency` items (exam boilerplate: "which of the following is the most
   likely ...", vital-sign lines) are flagged and never count as evidence on their own.
-* :class:`Decontaminate` (the step; a Ray Data actor) receives the index once through the
-  object store and checks the joined text of every record (all turns, so n-grams across the
-  user/assistant boundary count). A record is removed when it holds enough of ONE item: a
+* :class:`Decontaminate` (the step; Ray Data tasks) gets the index through the object store,
+  once per worker process, and checks the joined text of every record (all turns, so n-grams
+  across the user/assistant boundary count). A record is removed when it holds enough of ONE item: a
   share `min_coverage` of the item's evidence n-grams (`ngram_coverage`); a contiguous match of
   `min_contiguous_words` words, or of the item's whole stem when shorter (`contiguous`: option
   order does not matter); an evidence n-gram joining the stem to the gold answer (`answer`); a
   short item whole (`whole`). With `fuzzy`, the user turn's MinHash is compared (LSH) with each
   item's stem + options. Each removal records its rule, share, span and reason.
 
-Work is vectorised per batch: one `hash_array` call for all words, a rolling n-gram hash, one
-`searchsorted` pair against the sorted index per n-gram length, and the per (record, item)
-evidence folded with numpy. `scripts/decontam_real.py` measures the rule on real exam data.
+Work is vectorised per chunk of about a MiB of text: one `hash_array` call for its distinct
+words, n-gram hashes of every length from one prefix sum (`text.NgramHasher`), a packed bitmap
+that screens out all but ~1.5% of the windows that are not in the index, one `searchsorted`
+per n-gram length for the rest, and the per (record, item) evidence folded with numpy.
+`scripts/decontam_real.py` measures the rule on real exam data; `perf/data_bench.py` its speed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -43,17 +46,23 @@ from med42ray.data.dedup import MinHasher, jaccard
 from med42ray.data.sources import DataError
 from med42ray.data.steps import Decision, Removal, Step, live_rows, mark, removed
 from med42ray.data.text import (
+    NgramHasher,
     batch_words,
-    hash_words,
-    ngram_hashes,
     normalize,
+    text_chunks,
     within_one_sequence,
 )
 
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.data import Dataset
+
 log = logging.getLogger(__name__)
 
-BITMAP_SIZE = 1 << 24
-"""A 16 MiB presence bitmap per n-gram length screens lookups before the binary search."""
+BITMAP_BITS = (1 << 16, 1 << 26)
+"""A presence bitmap per n-gram length (32 to 64 bits per distinct hash, within these bounds:
+at most 8 MiB) screens lookups before the binary search (2-3% false positives). Measured on
+10k items: a smaller one sends too many windows to the search, a larger one misses cache."""
 MIN_WHOLE_WORDS = 6
 """A stem shorter than `n` words is matched whole only when it has at least this many words."""
 GRAM_STEM, GRAM_ANSWER = 1, 2
@@ -79,7 +88,9 @@ class DecontamIndex:
     frequent: dict[int, np.ndarray] = field(default_factory=dict)  # per table row: boilerplate
     kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))  # n-gram rows: GRAM_*
     excluded: int = 0  # distinct n-grams (and whole sequences) excluded as frequent
-    bitmaps: dict[int, np.ndarray] = field(default_factory=dict)  # hash & MASK -> maybe present
+    keys: dict[int, np.ndarray] = field(default_factory=dict)  # distinct hashes, sorted
+    starts: dict[int, np.ndarray] = field(default_factory=dict)  # key k: table rows [k], [k+1]
+    bitmaps: dict[int, np.ndarray] = field(default_factory=dict)  # packed bits: maybe present
     per_task: dict[str, int] = field(default_factory=dict)
     fuzzy_threshold: float | None = None
     fuzzy_bands: int = 0
@@ -114,8 +125,9 @@ def build_index_from_items(
 ) -> DecontamIndex:
     """Index `BenchmarkItem`s (anything with task, id, question, choices, gold_text).
 
-    All items' sequences are hashed at once: one word-hash pass, one rolling n-gram pass, and
-    a sort per n-gram length that dedupes (hash, item) pairs, orders the lookup table and
+    All items' texts are normalised, split and hashed at once (`batch_words`), their sequences
+    (`item_sequences`) gathered from those word hashes, then one prefix-sum pass hashes the
+    n-grams and a sort per n-gram length dedupes (hash, item) pairs, orders the lookup table and
     counts the distinct items of each hash (those in more than `max_item_frequency` items are
     flagged frequent: kept for contiguity, never counted as evidence).
     """
@@ -126,25 +138,14 @@ def build_index_from_items(
         min_contiguous_words=dc.min_contiguous_words,
         max_item_frequency=dc.max_item_frequency,
     )
-    seq_words: list[str] = []
-    seq_item: list[int] = []
-    seq_len: list[int] = []
-    seq_answer: list[bool] = []
-    stems: list[int] = []
-    for idx, item in enumerate(items):
+    for item in items:
         index.tasks.append(item.task)
         index.item_ids.append(str(item.id))
         index.per_task[item.task] = index.per_task.get(item.task, 0) + 1
-        stems.append(len(normalize(item.question).split()))
-        for k, seq in enumerate(item_sequences(item.question, item.choices, item.gold_text, n)):
-            seq_words += seq
-            seq_item.append(idx)
-            seq_len.append(len(seq))
-            seq_answer.append(k == 1 and stems[-1] >= n)  # the stem + gold answer sequence
-    index.stem_words = np.asarray(stems, dtype=np.int32)
+    seqs = _item_word_sequences(items, n)
+    index.stem_words = seqs.stems
     totals = np.zeros(len(index.item_ids), dtype=np.int32)
-    grams = _sequence_grams(seq_words, seq_item, seq_len, seq_answer, index.stem_words, n)
-    for length, hashes, owners, kind in grams:
+    for length, hashes, owners, kind in _sequence_grams(seqs, n):
         hashes, owners, kind, frequent = _table(hashes, owners, kind, dc.max_item_frequency)
         if length == n:
             index.kind = kind
@@ -152,14 +153,68 @@ def build_index_from_items(
         index.excluded += len(np.unique(hashes[frequent]))
         index.tables[length] = (hashes, owners.astype(np.int32))
         index.frequent[length] = frequent
-        bitmap = np.zeros(BITMAP_SIZE, dtype=np.bool_)
-        bitmap[(hashes & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)] = True
-        index.bitmaps[length] = bitmap
+        index.keys[length], index.starts[length], index.bitmaps[length] = _lookup_table(hashes)
     index.totals = totals
     if dc.fuzzy:
         texts = [item.question + " " + " ".join(item.choices) for item in items]
         _add_fuzzy(index, texts, dc, fuzzy_cfg or NearDedupConfig())
     return index
+
+
+@dataclass
+class WordSequences:
+    """The indexed sequences of all items, concatenated: word hashes and, per sequence, its
+    item, length and whether it is a stem + gold answer one; per item, its stem's words."""
+
+    hashes: np.ndarray
+    item: np.ndarray
+    length: np.ndarray
+    answer: np.ndarray
+    stems: np.ndarray
+
+
+def _item_word_sequences(items: Sequence, n: int) -> WordSequences:
+    """`item_sequences` of every item, built from one `batch_words` call over all the items'
+    texts (stem, each option, gold answer): a sequence is a list of texts whose words follow
+    each other, gathered from the batch's word hashes."""
+    texts: list[str] = []
+    parts = []
+    for item in items:
+        first = len(texts)
+        texts += [item.question, *item.choices, item.gold_text]
+        parts.append((first, list(range(first + 1, len(texts) - 1)), len(texts) - 1))
+    hashes, lengths, _ = batch_words(texts)
+    words = lengths.tolist()
+    seq_texts: list[int] = []  # the texts of every sequence, flattened
+    seq_item, seq_ntexts, seq_answer, stems = [], [], [], []
+    for idx, (stem, options, gold) in enumerate(parts):
+        size, opts = words[stem], sum(words[c] for c in options)
+        stems.append(size)
+        if size >= n:
+            seqs = [([stem, *options], False), ([stem, gold], True)]
+        else:
+            seqs = [([stem], size >= MIN_WHOLE_WORDS)]
+            seqs += [([stem, *options], size + opts >= MIN_WHOLE_WORDS)]
+            seqs += [([stem, gold], size + words[gold] >= MIN_WHOLE_WORDS)]
+            seqs = [(ids, False) for ids, keep in seqs if keep]
+        for ids, answer in seqs:
+            seq_texts += ids
+            seq_item.append(idx)
+            seq_ntexts.append(len(ids))
+            seq_answer.append(answer)
+    text_ids = np.asarray(seq_texts, dtype=np.int64)
+    count = lengths[text_ids]
+    start = (np.cumsum(lengths) - lengths)[text_ids]
+    pos = np.repeat(start - (np.cumsum(count) - count), count) + np.arange(count.sum())
+    seq_of_text = np.repeat(np.arange(len(seq_ntexts)), seq_ntexts)
+    seq_len = np.bincount(seq_of_text, weights=count, minlength=len(seq_ntexts))
+    return WordSequences(
+        hashes[pos],
+        np.asarray(seq_item, dtype=np.int64),
+        seq_len.astype(np.int64),
+        np.asarray(seq_answer, dtype=bool),
+        np.asarray(stems, dtype=np.int32),
+    )
 
 
 def _table(
@@ -180,6 +235,30 @@ def _table(
     return hashes, owners, kind, np.repeat(counts > max_items, counts)
 
 
+def _lookup_table(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct hashes, their first row and a final end row, packed presence bitmap) of a
+    sorted hash column: one `searchsorted` finds a key, its rows follow from `starts`."""
+    first = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]]))
+    keys = hashes[first]
+    bits = int(np.clip(1 << int(32 * max(len(keys), 1) - 1).bit_length(), *BITMAP_BITS))
+    slot = keys & np.uint64(bits - 1)
+    bitmap = np.zeros(bits // 8, dtype=np.uint8)
+    np.bitwise_or.at(
+        bitmap, slot >> np.uint64(3), np.left_shift(1, slot & np.uint64(7)).astype(np.uint8)
+    )
+    return keys, np.append(first, len(hashes)), bitmap
+
+
+def maybe_present(bitmap: np.ndarray, grams: np.ndarray) -> np.ndarray:
+    """Positions of the `grams` whose bit is set in `bitmap` (no false negatives)."""
+    slot = grams & np.uint64(len(bitmap) * 8 - 1)
+    bit = (slot & np.uint64(7)).astype(np.uint8)
+    slot >>= np.uint64(3)
+    byte = bitmap[slot.view(np.int64)]
+    np.right_shift(byte, bit, out=byte)
+    return np.flatnonzero(byte & np.uint8(1))
+
+
 def _add_fuzzy(
     index: DecontamIndex, texts: list[str], dc: DecontamConfig, cfg: NearDedupConfig
 ) -> None:
@@ -194,22 +273,16 @@ def _add_fuzzy(
 
 
 def _sequence_grams(
-    words: list[str],
-    seq_item: list[int],
-    seq_len: list[int],
-    seq_answer: list[bool],
-    stem_words: np.ndarray,
-    n: int,
+    seqs: WordSequences, n: int
 ) -> Iterable[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(gram length, gram hashes, owning items, `GRAM_*` kind) for concatenated sequences:
-    every `n`-gram of the sequences of `n` words or more (each starts with its item's stem; a
-    `seq_answer` one continues with the gold answer), and each shorter sequence whole."""
-    hashes = hash_words(words)
-    lens = np.asarray(seq_len, dtype=np.int64)
-    owner_item = np.asarray(seq_item, dtype=np.int64)
+    """(gram length, gram hashes, owning items, `GRAM_*` kind) of the concatenated sequences:
+    every `n`-gram of the sequences of `n` words or more (each starts with its item's stem; an
+    `answer` one continues with the gold answer), and each shorter sequence whole."""
+    lens, owner_item, stem_words = seqs.length, seqs.item, seqs.stems
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
     owner = np.repeat(np.arange(len(lens)), lens)
-    grams = ngram_hashes(hashes, n)
+    hasher = NgramHasher(seqs.hashes)
+    grams = hasher(n)
     if len(grams):
         pos = np.flatnonzero(within_one_sequence(owner, np.arange(len(grams)), n))
         pos = pos[lens[owner[pos]] >= n]
@@ -217,13 +290,13 @@ def _sequence_grams(
         into_tail = pos - starts[owner[pos]] + n - stem_words[items]  # words past the stem
         in_stem = into_tail <= 0
         tail = np.minimum(lens[owner[pos]] - stem_words[items], MIN_ANSWER_WORDS)
-        answer = np.asarray(seq_answer, dtype=bool)[owner[pos]] & (into_tail >= tail)
+        answer = seqs.answer[owner[pos]] & (into_tail >= tail)
         kind = np.where(in_stem, GRAM_STEM, np.where(answer, GRAM_ANSWER, 0)).astype(np.int8)
         yield n, grams[pos], items, kind
     for length in sorted(set(lens[lens < n].tolist())):
-        seqs = np.flatnonzero(lens == length)
-        whole = ngram_hashes(hashes, length)[starts[seqs]]
-        yield length, whole, owner_item[seqs], np.zeros(len(seqs), dtype=np.int8)
+        short = np.flatnonzero(lens == length)
+        whole = hasher(length)[starts[short]]
+        yield length, whole, owner_item[short], np.zeros(len(short), dtype=np.int8)
 
 
 def benchmark_specs(cfg: ExperimentConfig) -> list[tuple[str, str | None]]:
@@ -319,23 +392,25 @@ class Hits:
 
 def lookup(index: DecontamIndex, hashes: np.ndarray, owner: np.ndarray) -> Hits:
     """The windows of a batch's words (`owner`: the record of each word) found in the index, one
-    row per item owning them; a bitmap screens, one `searchsorted` pair per gram length."""
-    parts = []
+    row per item owning them; a bitmap screens, one `searchsorted` per gram length finds."""
+    parts, hasher = [], NgramHasher(hashes)
     for length in sorted(index.tables, reverse=True):
-        table, items = index.tables[length]
-        grams = ngram_hashes(hashes, length)
-        if not len(grams) or not len(table):
+        grams = hasher(length)
+        if not len(grams) or not len(index.keys[length]):
             continue
-        mask = index.bitmaps[length][(grams & np.uint64(BITMAP_SIZE - 1)).astype(np.int64)]
-        maybe = np.flatnonzero(mask)
+        maybe = maybe_present(index.bitmaps[length], grams)
         maybe = maybe[within_one_sequence(owner, maybe, length)]  # windows within one record
-        left = np.searchsorted(table, grams[maybe])
-        count = np.searchsorted(table, grams[maybe], side="right") - left
+        keys, starts = index.keys[length], index.starts[length]
+        at = np.minimum(np.searchsorted(keys, grams[maybe]), len(keys) - 1)
+        found = keys[at] == grams[maybe]
+        maybe, at = maybe[found], at[found]
+        count = starts[at + 1] - starts[at]
         pos = np.repeat(maybe, count)
-        rows = np.repeat(left - (np.cumsum(count) - count), count) + np.arange(count.sum())
+        rows = np.repeat(starts[at] - (np.cumsum(count) - count), count) + np.arange(count.sum())
         kind = index.kind[rows] if length == index.n else np.zeros(len(rows), np.int8)
         frequent = index.frequent[length][rows]
-        parts.append((pos, np.full(len(pos), length), items[rows], grams[pos], frequent, kind))
+        items = index.tables[length][1][rows]
+        parts.append((pos, np.full(len(pos), length), items, grams[pos], frequent, kind))
     if not parts:
         dtypes = (np.int64, np.int64, np.int32, np.uint64, bool, np.int8)
         return Hits(*(np.zeros(0, t) for t in dtypes))
@@ -517,36 +592,69 @@ def _fuzzy_matches(
                 break
 
 
+_SHARED: dict[str, DecontamIndex] = {}
+"""Per worker process, the index of the step running: fetched once, not once per task (its
+numpy tables are read zero-copy from the object store; the last one stays until the next)."""
+
+
+def shared_index(ref: ObjectRef) -> DecontamIndex:
+    """The index behind the ObjectRef `ref`, fetched once per process."""
+    import ray
+
+    key = ref.hex()
+    if key not in _SHARED:
+        _SHARED.clear()
+        _SHARED[key] = ray.get(ref)
+    return _SHARED[key]
+
+
 class Decontaminate(Step):
-    """The decontamination step: a Ray Data actor holding the shared index (one copy per
-    actor, from the object store), which removes the live records that match it."""
+    """The decontamination step: per-batch Ray Data tasks that remove the live records matching
+    the index, which they share through the object store (fetched once per worker process)."""
 
     category = "decontaminated"
 
     def __init__(
         self,
-        index: DecontamIndex | None,
+        index: DecontamIndex | ObjectRef | None,
         concurrency: int = 1,
         benchmarks: Sequence[tuple[str, str | None]] = (),
-    ):
+    ) -> None:
+        """`index`: a `DecontamIndex`, None (no decontamination), or the ObjectRef of one (as
+        the tasks get it: resolved on first use)."""
         import ray
 
-        # Handed to the actors as an ObjectRef (one `ray.put` on the driver): fetched once per
-        # actor, its numpy tables read zero-copy from the object store.
-        self.index = ray.get(index) if isinstance(index, ray.ObjectRef) else index
+        self._ref = index if isinstance(index, ray.ObjectRef) else None
+        self._index = None if self._ref is not None else index
         self.concurrency = concurrency
         self.benchmarks = list(benchmarks)  # (name, path) indexed, for the report
 
+    @property
+    def index(self) -> DecontamIndex | None:
+        return shared_index(self._ref) if self._ref is not None else self._index
+
     def check(self, batch: pa.Table, live: list[int]) -> tuple[list[Match | None], pa.ListArray]:
-        """The matches of the `live` rows, and the items each touches (`match_and_touch`)."""
-        msgs = batch.column("messages").combine_chunks().take(pa.array(live))
+        """The matches of the `live` rows, and the items each touches (`match_and_touch`, run
+        on chunks of about `CHUNK_BYTES` of text)."""
+        index = self.index
+        msgs = batch.column("messages").combine_chunks()
+        if len(live) < len(msgs):
+            msgs = msgs.take(pa.array(live))
         users = None
-        if self.index.fuzzy_sigs is not None:
+        if index.fuzzy_sigs is not None:
             users = [
                 " ".join(m["content"] for m in rec if m["role"] == "user")
                 for rec in msgs.to_pylist()
             ]
-        return match_and_touch(self.index, joined_contents(msgs), users)
+        texts = joined_contents(msgs)
+        found: list[Match | None] = []
+        touched = []
+        for lo, hi in text_chunks(texts):
+            chunk_users = users[lo:hi] if users is not None else None
+            matches, items = match_and_touch(index, texts.slice(lo, hi - lo), chunk_users)
+            found += matches
+            touched.append(items)
+        return found, pa.concat_arrays(touched)
 
     def decide(self, batch: pa.Table, live: list[int]) -> Decision:
         return removals(live, self.check(batch, live)[0])
@@ -560,19 +668,21 @@ class Decontaminate(Step):
         column = kept_touched(batch.num_rows, live, found, touched)
         return batch.append_column(TOUCHED, column)
 
-    def apply(self, ds):
-        """An actor pool of `concurrency` actors over `ds`; `ds` as it is without an index."""
+    def apply(self, ds: Dataset) -> Dataset:
+        """Per-batch tasks over `ds`, at most `concurrency` at once; `ds` as it is without an
+        index. Tasks, not an actor pool: they start in Ray's warm worker processes (an actor
+        pool spawns and imports its processes on every run: about a second on 2 cores), and
+        hold no CPU between batches, so upstream steps stream into this one."""
         import ray
 
         if self.index is None:
             return ds
-        # Actors read materialised input, so the pool never starves upstream tasks of CPUs.
-        return ds.materialize().map_batches(
-            Decontaminate,
+        task = Decontaminate(self._ref or ray.put(self._index), self.concurrency)
+        return ds.map_batches(
+            task,
             batch_format="pyarrow",
-            batch_size=512,
-            fn_constructor_args=(ray.put(self.index),),
-            concurrency=self.concurrency,
+            batch_size=None,  # whole blocks: no re-batching copies; `check` chunks the text
+            compute=ray.data.TaskPoolStrategy(size=self.concurrency),
         )
 
     def report(self, ds, folder: Path, dc: DecontamConfig) -> dict:

@@ -8,6 +8,7 @@ over them, so neither side of the decontamination ever builds n-gram strings.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ _SPACE = re.compile(r"\s+")
 _TEXT_CHARS = re.compile(r"[\w\s]")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _ROLL = np.uint64(0x100000001B3)
+_ROLL_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
 
 # A small English stopword list for the optional language heuristic (no new dependencies).
 _EN_STOPWORDS = (
@@ -84,17 +86,63 @@ def hash_words(tokens: Sequence[str]) -> np.ndarray:
 
 def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
     """uint64 hash of every contiguous `n`-word window of `hashes` (empty if fewer words)."""
-    m = len(hashes) - n + 1
-    if m <= 0:
-        return np.zeros(0, dtype=np.uint64)
+    return NgramHasher(hashes)(n)
+
+
+def _powers(base: np.uint64, size: int, block: int = 1024) -> np.ndarray:
+    """base**0 .. base**(size-1) mod 2**64, as an outer product of two short cumulative
+    products (one long `cumprod` is a slow dependency chain)."""
+    size = max(size, 1)
     with np.errstate(over="ignore"):
-        acc = np.full(m, np.uint64(n), dtype=np.uint64)
-        for k in range(n):
-            acc = acc * _ROLL + hashes[k : k + m]
-        acc ^= acc >> np.uint64(31)
-        acc *= _MIX
-        acc ^= acc >> np.uint64(29)
-    return acc
+        low = np.ones(block, dtype=np.uint64)  # base**i, i < block
+        low[1:] = np.cumprod(np.full(block - 1, base, dtype=np.uint64), dtype=np.uint64)
+        high = np.ones(-(-size // block), dtype=np.uint64)  # base**(block * j)
+        step = np.full(len(high) - 1, low[-1] * base, dtype=np.uint64)
+        high[1:] = np.cumprod(step, dtype=np.uint64)
+        return np.multiply.outer(high, low).ravel()[:size]
+
+
+_POWERS: dict[int, np.ndarray] = {}
+
+
+def powers(base: np.uint64, size: int) -> np.ndarray:
+    """base**0 .. base**(size-1) mod 2**64, from a per-process cache grown by doubling."""
+    have = _POWERS.get(int(base), np.zeros(0, np.uint64))
+    if len(have) < size:
+        have = _POWERS[int(base)] = _powers(base, max(size, 2 * len(have), 1 << 16))
+    return have[:size]
+
+
+class NgramHasher:
+    """Word n-gram hashes of one word-hash array, for any n, each in a few passes.
+
+    The hash of window i is the polynomial roll `h = n; for w in window: h = h * R + w` (mod
+    2**64), then mixed. As R is odd it is invertible mod 2**64, so the roll equals
+    `n R**n + R**(n-1+i) (Q[i+n] - Q[i])` with `Q` the prefix sums of `w[t] R**-t`: one
+    prefix sum serves every n, and a window costs the same whatever its length (the roll
+    itself took 2n passes).
+    """
+
+    def __init__(self, hashes: np.ndarray):
+        size = len(hashes) + 1
+        self.prefix = np.zeros(size, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            np.multiply(hashes, powers(_ROLL_INV, size - 1), out=self.prefix[1:])
+            np.cumsum(self.prefix, out=self.prefix)
+
+    def __call__(self, n: int) -> np.ndarray:
+        m = len(self.prefix) - n
+        if m <= 0 or n <= 0:
+            return np.zeros(0, dtype=np.uint64)
+        up = powers(_ROLL, n - 1 + m)
+        with np.errstate(over="ignore"):
+            acc = np.subtract(self.prefix[n:], self.prefix[:m])
+            acc *= up[n - 1 :]  # R**(n-1+i)
+            acc += np.uint64(n) * up[n - 1] * _ROLL  # n R**n
+            acc ^= acc >> np.uint64(31)
+            acc *= _MIX
+            acc ^= acc >> np.uint64(29)
+        return acc
 
 
 def within_one_sequence(owner: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
@@ -124,7 +172,7 @@ def normalize_array(texts: pa.Array | Sequence[str]) -> pa.Array:
     if not pc.all(ascii_rows).as_py():
         others = pc.invert(ascii_rows)
         fixed = [normalize(t) for t in arr.filter(others).to_pylist()]
-        out = pc.replace_with_mask(out, others, pa.array(fixed, pa.string()))
+        out = pc.replace_with_mask(out, others, pa.array(fixed, out.type))
     return out
 
 
@@ -149,3 +197,21 @@ def batch_words(texts: pa.Array | Sequence[str]) -> tuple[np.ndarray, np.ndarray
         flat, parent = flat.filter(keep), parent.filter(keep)
     lengths = np.bincount(parent.to_numpy(), minlength=len(texts)).astype(np.int64)
     return hash_words(flat), lengths, flat
+
+
+CHUNK_BYTES = 4 << 20
+"""Text hashed at once by the batch steps (about 700k words): bounds numpy's working arrays
+(~100 MB) whatever the records' length; larger chunks only amortise per-chunk costs (4 MiB:
+94% of the speed of unbounded chunks, measured on decontamination)."""
+
+
+def text_chunks(texts: pa.Array, limit: int | None = None) -> list[tuple[int, int]]:
+    """(first row, end row) of consecutive runs of `texts` of about `limit` (`CHUNK_BYTES`)
+    bytes each (a row longer than that alone)."""
+    import pyarrow.compute as pc
+
+    limit = limit or CHUNK_BYTES
+    sizes = pc.binary_length(texts).to_numpy(zero_copy_only=False).astype(np.int64)
+    group = (np.cumsum(sizes) - sizes) // limit
+    bounds = [0, *(np.flatnonzero(np.diff(group)) + 1).tolist(), len(sizes)]
+    return list(itertools.pairwise(bounds))
