@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,21 @@ CHAT_ROWS = [
     {"instruction": "Answer the question.", "input": "Name a loop diuretic.",
      "output": "Furosemide."},
 ]  # fmt: skip
+
+
+def place_usmle_files(root: Path) -> Path:
+    """`root` with the paper recipes' local USMLE files in place (`data/usmle/`): the fixtures
+    in their published forms (medAlpaca's folder, a sample-exam JSONL)."""
+    usmle = root / "data" / "usmle"
+    shutil.copytree(
+        REAL.parents[1] / "tests" / "fixtures" / "forms" / "usmle_medalpaca",
+        usmle / "self_assessment",
+    )
+    shutil.copy(
+        REAL.parents[1] / "data" / "tiny" / "benchmarks" / "usmle_sample_exam.jsonl",
+        usmle / "sample_exam.jsonl",
+    )
+    return root
 
 
 def write_repo(root: Path, repo: str, configs: dict[str, dict[str, list[dict[str, Any]]]]) -> Path:

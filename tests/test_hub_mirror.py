@@ -3,7 +3,6 @@ repositories are, filled from the real releases; the paper recipe validated agai
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -13,8 +12,8 @@ from typer.testing import CliRunner
 from med42ray.benchmarks import load_benchmark_with_provenance
 from med42ray.cli import app
 
-from .conftest import CONFIGS, REPO
-from .hub_mirror import REAL, build_recipe_mirror
+from .conftest import CONFIGS
+from .hub_mirror import REAL, build_recipe_mirror, place_usmle_files
 
 PUBLISHED = {
     "medqa": (1273, REAL / "medqa" / "data_clean" / "questions" / "US" / "4_options"),
@@ -46,24 +45,10 @@ def test_hub_form_through_the_mirror_equals_the_original_release(mirror: Path, n
     assert original.provenance.form != hub.provenance.form
 
 
-def _recipe_workdir(tmp_path: Path) -> Path:
-    """A working directory with the recipe's local USMLE files in place (fixtures in the
-    published forms: medAlpaca's folder, a sample-exam JSONL)."""
-    usmle = tmp_path / "data" / "usmle"
-    shutil.copytree(
-        REPO / "tests" / "fixtures" / "forms" / "usmle_medalpaca", usmle / "self_assessment"
-    )
-    shutil.copy(
-        REPO / "data" / "tiny" / "benchmarks" / "usmle_sample_exam.jsonl",
-        usmle / "sample_exam.jsonl",
-    )
-    return tmp_path
-
-
 def test_recipe_validates_deep_against_the_mirror(
     mirror: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(_recipe_workdir(tmp_path))
+    monkeypatch.chdir(place_usmle_files(tmp_path))
     recipe = str(CONFIGS / "llama2-7b-full.yaml")
     args = ["config", "validate", "--deep", recipe, "--set", f"resources.hub_mirror={mirror}"]
     result = CliRunner().invoke(app, args)
@@ -76,7 +61,7 @@ def test_a_broken_mirror_fails_in_one_line_in_seconds(tmp_path: Path, monkeypatc
 
     broken = tmp_path / "broken-mirror"
     (broken / "datasets" / "cais" / "mmlu").mkdir(parents=True)  # a repo folder with nothing
-    monkeypatch.chdir(_recipe_workdir(tmp_path))
+    monkeypatch.chdir(place_usmle_files(tmp_path))
     recipe = str(CONFIGS / "llama2-7b-full.yaml")
     start = time.perf_counter()
     with pytest.raises(SystemExit) as exit_info:

@@ -393,6 +393,20 @@ def test_s3_run_exports_to_the_bucket_and_the_driver_fetches_two_small_files(s3_
     assert steps == [1, 2, 3, 4]
 
 
+def assert_fetched_own_files(state: dict, engine_files) -> None:
+    """Each rank fetched on resume exactly the trainer state, the metrics, `latest`, its own
+    RNG state and `engine_files(rank)`, and as many bytes as those files hold: less than the
+    whole checkpoint."""
+    from med42ray import storage
+
+    resumed = storage.list_files(state["resumed_checkpoint"])
+    for rank, files in enumerate(state["resume_files"]):
+        common = {"trainer_state.json", "metrics.jsonl", "latest", f"rng_rank{rank:05d}.pt"}
+        assert set(files) == common | engine_files(rank)
+        fetched = state["resume_fetched_bytes"][rank]
+        assert fetched == sum(resumed[f] for f in files) < state["checkpoint_bytes"]
+
+
 def test_s3_resume_fetches_only_each_ranks_own_files(s3_run, zero2_run):
     from med42ray import storage
 
@@ -402,17 +416,13 @@ def test_s3_resume_fetches_only_each_ranks_own_files(s3_run, zero2_run):
     assert state["resumed_from"] == 2
     resumed = storage.list_files(state["resumed_checkpoint"])
     assert state["checkpoint_bytes"] == sum(resumed.values())
-    for rank, files in enumerate(state["resume_files"]):
-        assert set(files) == {
-            "trainer_state.json",
-            "metrics.jsonl",
-            "latest",
-            f"rng_rank{rank:05d}.pt",
+    assert_fetched_own_files(
+        state,
+        lambda rank: {
             "deepspeed/mp_rank_00_model_states.pt",  # ZeRO-2: every rank reads the module
             f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
-        }
-        fetched = state["resume_fetched_bytes"][rank]
-        assert fetched == sum(resumed[f] for f in files) < state["checkpoint_bytes"]
+        },
+    )
     recorded = json.loads((out / "train_result.json").read_text())["transfers"]
     assert recorded["resume_fetched_bytes"] == state["resume_fetched_bytes"]
     # resumed from its own shards only, the run follows the uninterrupted one
@@ -470,23 +480,17 @@ def test_s3_lora_is_merged_in_a_ray_task_that_publishes_the_model(s3_lora_run, b
 
 
 def test_s3_lora_zero3_resumes_from_each_ranks_own_partition(s3_lora_run):
-    from med42ray import storage
 
     run, out = s3_lora_run
     state = run.state
     assert (out / "killed-once").read_text().startswith("killed rank 0 at step 3")
     assert state["resumed_from"] == 2 and state["step"] == 4
-    resumed = storage.list_files(state["resumed_checkpoint"])
-    for rank, files in enumerate(state["resume_files"]):
-        assert set(files) == {
-            "trainer_state.json",
-            "metrics.jsonl",
-            "latest",
-            f"rng_rank{rank:05d}.pt",
+    assert_fetched_own_files(
+        state,
+        lambda rank: {
             f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
             f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
-        }
-        fetched = state["resume_fetched_bytes"][rank]
-        assert fetched == sum(resumed[f] for f in files) < state["checkpoint_bytes"]
+        },
+    )
     curve = losses(run)
     assert len(curve) == 4 and curve[-1] < curve[0]

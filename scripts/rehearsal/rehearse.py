@@ -314,15 +314,11 @@ def job_workdir(r: Rehearsal) -> Path:
         if src.is_file():
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / rel)
-    usmle = work / "data" / "usmle"
-    shutil.copytree(
-        REPO / "tests" / "fixtures" / "forms" / "usmle_medalpaca", usmle / "self_assessment"
-    )
-    shutil.copy(
-        REPO / "data" / "tiny" / "benchmarks" / "usmle_sample_exam.jsonl",
-        usmle / "sample_exam.jsonl",
-    )
-    return work
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.hub_mirror import place_usmle_files  # the tests' fixtures, in published forms
+
+    return place_usmle_files(work)
 
 
 def validate(r: Rehearsal, work: Path) -> None:
