@@ -78,30 +78,39 @@ def write_checksums(folder: Path) -> dict[str, str]:
     return sums
 
 
-def resolve_model_path(cfg: ModelConfig, mirror: str | None = None) -> str:
-    """Hub id or folder to hand to `from_pretrained` on this node; builds the tiny model when
-    asked for.
-
-    A local folder comes back absolute, so Ray workers load the same folder whatever their
-    working directory. With a hub mirror (`resources.hub_mirror`) a hub id is read from
-    `<mirror>/models/<id>`: a folder, or an object-store prefix that this node copies into its
-    cache once (`storage.local_copy`). An object-store URI as `name_or_path` (e.g. a model
-    another stage exported) is copied the same way. Every node calls this itself: a path that
-    one node resolved means nothing on another.
-    """
+def model_source(cfg: ModelConfig, mirror: str | None = None) -> str:
+    """Where the weights of `cfg` are, found without fetching them: the tiny model's folder
+    (built once), an object-store URI as given, a local folder (absolute), a hub id's copy in
+    the mirror (`resources.hub_mirror`: `<mirror>/models/<id>`), or the hub id itself."""
     from med42ray import storage
     from med42ray.hub import model_location
 
-    if cfg.name_or_path == TINY:
+    name = cfg.name_or_path
+    if name == TINY:
         return str(build_tiny_model(cfg.tiny))
-    if storage.is_uri(cfg.name_or_path):
-        return str(storage.local_copy(cfg.name_or_path))
-    local = local_model_dir(cfg.name_or_path)
+    if storage.is_uri(name):
+        return name
+    local = local_model_dir(name)
     if local:
         return str(local)
-    if mirror:
-        return str(storage.local_copy(model_location(cfg.name_or_path, mirror)).resolve())
-    return cfg.name_or_path
+    if not mirror:
+        return name
+    location = model_location(name, mirror)
+    return location if storage.is_uri(location) else str(Path(location).resolve())
+
+
+def resolve_model_path(cfg: ModelConfig, mirror: str | None = None) -> str:
+    """Hub id or folder to hand to `from_pretrained` on this node (`model_source`); what is in
+    object storage is copied into this node's cache once (`storage.local_copy`).
+
+    A local folder comes back absolute, so Ray workers load the same folder whatever their
+    working directory. Every node calls this itself: a path that one node resolved means
+    nothing on another.
+    """
+    from med42ray import storage
+
+    source = model_source(cfg, mirror)
+    return str(storage.local_copy(source)) if storage.is_uri(source) else source
 
 
 #: What a tokenizer (and its model's config) needs from a model folder: all a driver fetches.
@@ -122,15 +131,9 @@ def resolve_tokenizer_path(cfg: ModelConfig, mirror: str | None = None) -> str:
     """Like `resolve_model_path`, but from object storage only the tokenizer's and config's
     files are fetched: what a driver needs to render prompts, without the weights."""
     from med42ray import storage
-    from med42ray.hub import model_location
 
-    location = cfg.name_or_path
-    on_hub = location != TINY and not storage.is_uri(location) and not local_model_dir(location)
-    if mirror and on_hub:
-        location = model_location(location, mirror)
-    if storage.is_uri(location):
-        return str(storage.local_copy(location, TOKENIZER_FILES))
-    return resolve_model_path(cfg, mirror)
+    source = model_source(cfg, mirror)
+    return str(storage.local_copy(source, TOKENIZER_FILES)) if storage.is_uri(source) else source
 
 
 def bf16_available(use_gpu: bool) -> bool:

@@ -148,23 +148,6 @@ def model_config_for(cfg: ExperimentConfig, model: str | None) -> ModelConfig:
     return cfg.model.model_copy(update={"name_or_path": str(local or model)})
 
 
-def key_location(model_cfg: ModelConfig, mirror: str | None) -> str:
-    """Where the weights of `model_cfg` are, found without fetching them: what keys its scores
-    (`weights_identity`: a folder's content, an object-store export's checksums, a hub id)."""
-    from med42ray import storage
-    from med42ray.hub import model_location
-    from med42ray.models import local_model_dir, resolve_model_path
-    from med42ray.tiny import TINY
-
-    name = model_cfg.name_or_path
-    if name == TINY:
-        return resolve_model_path(model_cfg)  # built on this node anyway, for its tokenizer
-    if storage.is_uri(name):
-        return name
-    local = local_model_dir(name)
-    return str(local) if local else model_location(name, mirror)
-
-
 def driver_tokenizer(model_cfg: ModelConfig, mirror: str | None) -> Any:
     """The tokenizer that renders the prompts: from object storage only its files are fetched."""
     from med42ray.models import load_tokenizer, resolve_tokenizer_path
@@ -183,7 +166,8 @@ def run_key(
 ) -> str:
     """Hash of everything a stored score depends on: the name of the run's parts folder.
 
-    `model_path` and `adapter` are locations (`key_location`): nothing is downloaded to key them.
+    `model_path` and `adapter` are locations (`models.model_source`): nothing is downloaded
+    to key them.
     """
     from med42ray.models import weights_identity
 
@@ -541,6 +525,7 @@ def run_eval(
     the resume tests simulate.)
     """
     from med42ray import storage
+    from med42ray.models import model_source
 
     start = time.perf_counter()
     before = storage.transfers()
@@ -557,7 +542,7 @@ def run_eval(
     scoring = build_scoring(cfg.eval)
     requests = build_requests(tasks, scoring, tokenizer)
 
-    key = run_key(tasks, scoring, key_location(model_cfg, mirror), adapter, cfg)
+    key = run_key(tasks, scoring, model_source(model_cfg, mirror), adapter, cfg)
     parts = storage.join(parts or out / "parts", key)
     cache: dict[str, pd.DataFrame] = {}
     done = set(read_parts(parts, cache)["key"])
