@@ -11,7 +11,7 @@ steps.py        the step type (a decision about live rows) and the one marking l
 sampling.py     SampleByWeight, CapPerSource
 filters.py      CleaningFilter (cleaning filters + token limits), TokenCounter
 dedup.py        ExactDedup, NearDedup (MinHash-LSH)
-decontam.py     Decontaminate: the benchmark n-gram index and its actor pool, the report
+decontam.py     Decontaminate: the benchmark n-gram index, its tasks, the report
 overlap.py      overlap.json: the benchmark items the kept training records still touch
 text.py         the one normaliser and the word / n-gram hashes
 shards.py       the kept records as train/eval Parquet shards

@@ -7,7 +7,7 @@ rows (`drop == ""`) it removes and why (:class:`Removal`: reason, detail), and
 
 A step's `apply(ds)` runs it on the Ray Dataset. By default that is a per-batch task
 (`map_batches(step)`); a step that needs a global view first runs a groupby and brings the
-(small) result to the driver, and decontamination runs as an actor pool.
+(small) result to the driver, and decontamination runs as tasks on whole blocks.
 """
 
 from __future__ import annotations
