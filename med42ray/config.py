@@ -258,7 +258,18 @@ class ModelConfig(Section):
         description="Jinja chat template, or the name of a shipped one (`med42`); overrides "
         "the tokenizer's own.",
     )
-    attn_implementation: str | None = None
+    attn_implementation: str | None = Field(
+        default=None,
+        description="`sdpa` (transformers' default), `eager`, `flash_attention_2`/`_3`: "
+        "packed batches are flattened into one row, so each isolates its samples.",
+    )
+    liger_kernel: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Liger's Triton kernels for training (fused RMSNorm, SwiGLU, RoPE and the "
+        "chunked linear-cross-entropy that never materialises the logits): `auto` uses them "
+        "when CUDA is present and `liger-kernel` is installed (`pip install med42ray[gpu]`), "
+        "`true` requires them, `false` never.",
+    )
 
     @field_validator("chat_template")
     @classmethod
@@ -399,16 +410,71 @@ class BenchmarkConfig(Section):
         return self
 
 
+ScoringName = Literal["loglikelihood", "generate"]
+PromptFormatName = Literal["multiple_choice", "cloze"]
+PROTOCOL_NAMES: dict[tuple[str, str], str] = {
+    ("loglikelihood", "multiple_choice"): "letter",
+    ("loglikelihood", "cloze"): "cloze",
+    ("generate", "multiple_choice"): "generate",
+}
+"""(scoring, prompt_format) -> a protocol's default name; the valid combinations (a cloze prompt
+names no option to generate)."""
+
+
+class ProtocolConfig(Section):
+    """One scoring protocol: how items are asked (`prompt_format`, `chat_template`) and answered
+    (`scoring`). Default name: `letter`, `cloze` or `generate`, `+chat` with the chat template."""
+
+    name: str | None = Field(default=None, min_length=1, pattern=r"^[\w+.-]+$")
+    scoring: ScoringName = "loglikelihood"
+    prompt_format: PromptFormatName = "multiple_choice"
+    chat_template: bool = Field(
+        default=False,
+        description="Render each prompt as a user turn with the model's chat template "
+        "(lm-eval's `--apply_chat_template`; `data.system_prompt` as the system turn).",
+    )
+
+    @model_validator(mode="after")
+    def _valid_combination(self) -> ProtocolConfig:
+        if (self.scoring, self.prompt_format) not in PROTOCOL_NAMES:
+            raise ValueError("eval.prompt_format cloze needs eval.scoring loglikelihood")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The protocol's name in parts, predictions and report columns."""
+        default = PROTOCOL_NAMES[(self.scoring, self.prompt_format)]
+        return self.name or default + ("+chat" if self.chat_template else "")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
+
+
 class EvalConfig(Section):
     benchmarks: list[BenchmarkConfig] = Field(default_factory=list)
     engine: Literal["hf", "vllm"] = "hf"
-    scoring: Literal["loglikelihood", "generate"] = "loglikelihood"
-    prompt_format: Literal["multiple_choice", "cloze"] = Field(
+    protocols: list[ProtocolConfig] | None = Field(
+        default=None,
+        min_length=1,
+        description="The scoring protocols, each scored for every model and shown side by side "
+        "in the report: `{scoring, prompt_format, chat_template, name}`. Default: every valid "
+        "combination of `scoring` x `prompt_format` x `use_chat_template` (each a value or a "
+        "list; cloze with generate is skipped). Give one or the other, not both.",
+    )
+    scoring: ScoringName | list[ScoringName] = Field(
+        default="loglikelihood",
+        description="`loglikelihood` (lm-eval's multiple choice: each option's summed "
+        "log-likelihood) or `generate` (a greedy answer, the option it names parsed); a list "
+        "scores each.",
+    )
+    prompt_format: PromptFormatName | list[PromptFormatName] = Field(
         default="multiple_choice",
         description="`multiple_choice`: the task YAMLs as they are (lm-eval's prompts; lettered "
         "tasks score the option letters). `cloze`: lettered tasks ask the question alone and "
         "score each option's text (lm-eval's `mmlu_continuation`, OLMES's cloze formulation), "
-        "the format small base models can answer; log-likelihood scoring only.",
+        "the format small base models can answer; log-likelihood scoring only. A list scores "
+        "each.",
     )
     num_fewshot: int = Field(default=0, ge=0)
     limit: int | None = Field(
@@ -417,7 +483,7 @@ class EvalConfig(Section):
         description="Score only the first N items of every benchmark (lm-eval's `--limit`): "
         "smoke runs and rehearsals, never a reported score. A benchmark's own `limit` wins.",
     )
-    use_chat_template: bool = False
+    use_chat_template: bool | list[bool] = False
     batch_size: int = Field(default=16, gt=0)
     max_model_len: int = Field(default=4096, gt=0)
     max_new_tokens: int = Field(default=16, gt=0)
@@ -427,10 +493,39 @@ class EvalConfig(Section):
     seed: int = 1234
 
     @model_validator(mode="after")
-    def _cloze_is_scored_by_likelihood(self) -> EvalConfig:
-        if self.prompt_format == "cloze" and self.scoring != "loglikelihood":
-            raise ValueError("eval.prompt_format cloze needs eval.scoring loglikelihood")
+    def _protocols_resolve(self) -> EvalConfig:
+        axes = [
+            name
+            for name in ("scoring", "prompt_format", "use_chat_template")
+            if getattr(self, name) != type(self).model_fields[name].default
+        ]  # not fields_set: a dumped config names every field, at its default
+        self._axis_protocols()  # a single invalid combination raises, protocols given or not
+        if self.protocols is not None and axes:
+            raise ValueError(
+                f"give eval.protocols or eval.{'/'.join(axes)}, not both "
+                "(each protocol names its scoring, prompt_format and chat_template)"
+            )
+        names = [p.label for p in self.resolved_protocols()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.protocols: names must be unique, got {names}")
         return self
+
+    def resolved_protocols(self) -> list[ProtocolConfig]:
+        """The protocols to score, in order: `protocols`, or the valid combinations of the
+        `scoring`, `prompt_format` and `use_chat_template` values (a single invalid one raises)."""
+        return list(self.protocols) if self.protocols is not None else self._axis_protocols()
+
+    def _axis_protocols(self) -> list[ProtocolConfig]:
+        combos = [
+            (s, f, c)
+            for c in _as_list(self.use_chat_template)
+            for s in _as_list(self.scoring)
+            for f in _as_list(self.prompt_format)
+        ]
+        valid = [x for x in combos if x[:2] in PROTOCOL_NAMES]
+        if not valid or len(combos) == 1:  # a single combination is checked as given
+            valid = combos
+        return [ProtocolConfig(scoring=s, prompt_format=f, chat_template=c) for s, f, c in valid]
 
 
 # ------------------------------------------------------------------------------------- report

@@ -20,7 +20,9 @@ a cluster of several nodes is refused unless `resources.shared_filesystem` says 
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +135,12 @@ def eval_stage(
     source_key: str,
     model: str | None = None,
     adapter: str | None = None,
+    earlier: Sequence[str] = (),
 ) -> StageResult:
-    """Score one model (`label`: base, full, lora) on the config's benchmarks; `model` and
-    `adapter` are locations the actors read (from storage on a remote run)."""
+    """Score one model (`label`: base, full, lora) on the config's benchmarks by every protocol;
+    `model` and `adapter` are locations the actors read (from storage on a remote run).
+    `earlier` names other `eval-<label>` folders of the run (other eval settings): the parts
+    they hold for a protocol whose run key is unchanged are adopted, not scored again."""
     from med42ray.eval import run_eval
 
     inputs = {
@@ -153,12 +158,28 @@ def eval_stage(
             adapter=adapter,
             label=label,
             parts=storage.join(run.location_of(folder), "parts"),
+            earlier_parts=[storage.join(run.location, e, "parts") for e in earlier],
         )
         tasks = summary[summary["level"] == "task"]
-        acc = dict(zip(tasks["benchmark"], tasks["acc"].astype(float), strict=True))
-        return {"label": label, "items": int(tasks["n"].sum()), "acc": acc}
+        acc = {
+            str(protocol): dict(zip(part["benchmark"], part["acc"].astype(float), strict=True))
+            for protocol, part in tasks.groupby("protocol", sort=False)
+        }
+        items = int(tasks.groupby("protocol", sort=False)["n"].sum().iloc[0])
+        return {"label": label, "items": items, "acc": acc}
 
     return run_stage(run, f"eval-{label}", inputs, work, cfg.to_yaml())
+
+
+def earlier_evaluations(run: RunFolder, label: str) -> list[str]:
+    """Folders of earlier `eval-<label>` stages of the run: those the previous `run.json`
+    names (read before this run rewrites it) and those in the driver's copy."""
+    from med42ray.stages import INDEX_FILE
+
+    index = storage.join(run.location, INDEX_FILE)
+    named = json.loads(storage.read_text(index)).get("stages", {}) if storage.is_file(index) else {}
+    found = {p.name for p in run.local.glob(f"eval-{label}-*") if p.is_dir()}
+    return sorted(found | ({named[f"eval-{label}"]} if f"eval-{label}" in named else set()))
 
 
 def trained_weights(stage: StageResult) -> tuple[str | None, str | None]:
@@ -234,6 +255,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> Path:
     run.local.mkdir(parents=True, exist_ok=True)
     (run.local / "config.yaml").write_text(cfg.to_yaml())
     run.publish("config.yaml")
+    earlier = {m: earlier_evaluations(run, m) for m in ["base", *cfg.run.strategies]}
     index = new_index(run, cfg.name, cfg.run.strategies)
 
     base_id = base_model_id(cfg)
@@ -244,10 +266,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> Path:
         trained[strategy] = train_stage(strategy_config(cfg, strategy), run, data, base_id)
         record_stage(run, index, trained[strategy])
     if cfg.run.evaluate_base:
-        record_stage(run, index, eval_stage(cfg, run, "base", base_id))
+        record_stage(run, index, eval_stage(cfg, run, "base", base_id, earlier=earlier["base"]))
     for strategy, stage in trained.items():
         model, adapter = trained_weights(stage)
-        record_stage(run, index, eval_stage(cfg, run, strategy, stage.key, model, adapter))
+        evaluated = eval_stage(cfg, run, strategy, stage.key, model, adapter, earlier[strategy])
+        record_stage(run, index, evaluated)
     finish_index(run, index)
     report = build_report([run.local], run.local / "report")
     run.publish("report")

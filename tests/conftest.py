@@ -60,8 +60,8 @@ def _small() -> dict[str, Any]:
         "train.checkpoint_every": 20,
         "train.keep_checkpoints": 2,
         "train.log_every": 1,
-        # the reference harness's prompts, whatever the demo config picks
-        "eval.prompt_format": "multiple_choice",
+        # one protocol, the reference harness's prompts, whatever the demo config picks
+        "eval.protocols": [{"scoring": "loglikelihood", "prompt_format": "multiple_choice"}],
     }
     if "pretrain" in TinyModelConfig.model_fields:
         small["model.tiny.pretrain"] = None  # random weights: no minutes-long base training

@@ -121,8 +121,9 @@ def test_generate_scoring(tiny_config, ray_session, tmp_path):
 
     raw = tiny_config.model_dump(mode="json")
     raw["eval"].update(
-        benchmarks=BENCHMARKS[:3], scoring="generate", max_new_tokens=4, batch_size=4
-    )
+        benchmarks=BENCHMARKS[:3], protocols=None, scoring="generate", max_new_tokens=4,
+        batch_size=4,
+    )  # fmt: skip
     summary = run_eval(parse_config(raw), tmp_path, label="tiny-gen")
     preds = pd.read_parquet(tmp_path / "predictions.parquet")
     assert len(preds) == 5 + 4 + 4 and preds["generation"].map(len).gt(0).all()
@@ -132,6 +133,95 @@ def test_generate_scoring(tiny_config, ray_session, tmp_path):
         assert task.loc[name, "unparsed"] == pytest.approx((~part["parsed"]).mean())
         assert task.loc[name, "acc"] == pytest.approx(part["correct"].mean())
     assert set(summary["model"]) == {"tiny-gen"} and set(summary["scoring"]) == {"generate"}
+
+
+# ------------------------------------------------------------------------------- protocols
+LETTER = {"scoring": "loglikelihood", "prompt_format": "multiple_choice"}
+CLOZE = {"scoring": "loglikelihood", "prompt_format": "cloze"}
+GENERATE_CHAT = {"scoring": "generate", "chat_template": True}
+
+
+def test_protocols_side_by_side_from_one_actor_pool(full_run, tiny_config, ray_session, tmp_path):
+    """Letter, cloze and generate+chat from one run: one engine actor scores them all, each
+    protocol has its own parts under its own run key, and adding a protocol rescores nothing
+    that was scored (here, nor in a later evaluation that adopts the earlier parts)."""
+    from med42ray.eval import run_eval
+    from med42ray.eval.metrics import ALL_ITEMS
+
+    benchmarks = {"benchmarks": BENCHMARKS[:3], "max_new_tokens": 4}
+    first = run_eval(config(tiny_config, protocols=[LETTER], **benchmarks), tmp_path / "one")
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    cfg = config(tiny_config, protocols=[LETTER, CLOZE, GENERATE_CHAT], **benchmarks)
+    summary = run_eval(cfg, tmp_path / "one")  # the same folder: cloze and generation added
+    record = json.loads((tmp_path / "one" / "eval.json").read_text())
+    protocols = record["protocols"]
+    assert list(protocols) == ["letter", "cloze", "generate+chat"]
+    assert protocols["letter"]["run_key"] == one["run_key"]  # unchanged: not scored again
+    assert protocols["letter"]["resumed"] == protocols["letter"]["requests"] == one["requests"]
+    assert (
+        record["scored"] == protocols["cloze"]["requests"] + protocols["generate+chat"]["requests"]
+    )
+    assert len({p["parts"] for p in protocols.values()}) == 3
+    assert record["transfers"]["actors"]["actors"] == 1  # one engine for every protocol
+
+    preds = pd.read_parquet(tmp_path / "one" / "predictions.parquet")
+    n_items = 5 + 4 + 4
+    assert preds.groupby("protocol").size().to_dict() == dict.fromkeys(protocols, n_items)
+    letter = preds[preds["protocol"] == "letter"].reset_index(drop=True)
+    before = pd.read_parquet(full_run[0] / "predictions.parquet")
+    before = before[before["benchmark"].isin(set(letter["benchmark"]))].reset_index(drop=True)
+    assert list(letter["pred"]) == list(before["pred"])  # the single-protocol run's answers
+    gen = preds[preds["protocol"] == "generate+chat"]
+    assert (
+        gen["prompt_format"].str.endswith(":chat").all() and gen["generation"].map(len).gt(0).all()
+    )
+    cloze = preds[(preds["protocol"] == "cloze") & (preds["benchmark"] == "medqa")]
+    assert all(len(c) > 1 for choices in cloze["choices"] for c in choices)  # option texts
+
+    task = summary[summary["level"] == "task"].set_index(["protocol", "benchmark"])
+    assert len(task) == 3 * 3 and set(summary["scoring"]) == {"loglikelihood", "generate"}
+    for (protocol, bench), part in preds.groupby(["protocol", "benchmark"]):
+        assert task.loc[(protocol, bench), "acc"] == pytest.approx(part["correct"].mean())
+    first_task = first[first["level"] == "task"].set_index("benchmark")["acc"]
+    assert task.xs("letter", level="protocol")["acc"].to_dict() == first_task.to_dict()
+
+    agreement = pd.read_csv(tmp_path / "one" / "agreement.csv")
+    wide = preds.pivot_table(index=["benchmark", "item_id"], columns="protocol", values="pred")
+    row = agreement.set_index(["benchmark", "protocol_a", "protocol_b"])
+    for a, b in [("letter", "cloze"), ("letter", "generate+chat"), ("cloze", "generate+chat")]:
+        same = (wide[a] == wide[b]) & (wide[a] >= 0)
+        assert row.loc[(ALL_ITEMS, a, b), "agree"] == pytest.approx(same.mean())
+        assert row.loc[("medqa", a, b), "n"] == 5
+        assert row.loc[("medqa", a, b), "agree"] == pytest.approx(same.loc["medqa"].mean())
+
+    # a later evaluation elsewhere adopts these parts: nothing is scored again
+    run_eval(cfg, tmp_path / "two", earlier_parts=[str(tmp_path / "one" / "parts")])
+    again = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert again["scored"] == 0 and again["resumed"] == again["requests"] == record["requests"]
+    assert pd.read_parquet(tmp_path / "two" / "predictions.parquet")["pred"].tolist() == (
+        preds["pred"].tolist()
+    )
+
+
+def test_protocol_lists_make_the_valid_combinations():
+    from med42ray.config import ConfigError
+
+    axes = {"eval.protocols": None, "eval.scoring": ["loglikelihood", "generate"],
+            "eval.prompt_format": ["multiple_choice", "cloze"]}  # fmt: skip
+    cfg = small_config(overrides=axes)
+    assert [p.label for p in cfg.eval.resolved_protocols()] == ["letter", "cloze", "generate"]
+    chat = small_config(overrides={**axes, "eval.use_chat_template": [False, True]})
+    assert [p.label for p in chat.eval.resolved_protocols()][3:] == [
+        "letter+chat", "cloze+chat", "generate+chat",
+    ]  # fmt: skip
+    with pytest.raises(ConfigError, match=r"give eval\.protocols or eval\.scoring, not both"):
+        small_config(overrides={"eval.scoring": "generate"})
+    with pytest.raises(ConfigError, match=r"cloze needs eval\.scoring loglikelihood"):
+        small_config(
+            overrides={"eval.protocols": [{"scoring": "generate", "prompt_format": "cloze"}]}
+        )
+    with pytest.raises(ConfigError, match="names must be unique"):
+        small_config(overrides={"eval.protocols": [LETTER, {**CLOZE, "name": "letter"}]})
 
 
 # ------------------------------------------------------------------------------- placement

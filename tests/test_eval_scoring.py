@@ -154,3 +154,56 @@ def test_summary_tasks_subsets_and_groups():
     assert usmle["acc_stderr"] == pytest.approx(math.sqrt(se[0] ** 2 + se[1] ** 2) / 2)
     assert row.loc[("subset", "usmle_sample_exam", "1"), "acc"] == 1.0
     assert row.loc[("task", "usmle_sample_exam", ""), "compute_s"] == 1.5
+
+
+def test_size_weighted_group_is_lm_evals_weight_by_size():
+    """MMLU clinical both ways: the paper's unweighted mean and lm-eval's size-weighted one
+    (`multimedqa`: `weight_by_size`, `pooled_sample_stderr`), on the same members."""
+    from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
+
+    from med42ray.eval.metrics import size_weighted_mean
+
+    correct = {"mmlu_anatomy": [1, 0, 0, 0], "mmlu_college_biology": [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]}
+    frame = pd.DataFrame(
+        [
+            {"benchmark": task, "subset": None, "prompt_format": f"{task}:0shot",
+             "prompt_version": "v", "correct": c, "correct_norm": c, "parsed": None,
+             "compute_s": 0.1}
+            for task, values in correct.items()
+            for c in values
+        ]
+    )  # fmt: skip
+    summary = summarise(frame, {"model": "m", "engine": "hf", "wall_s": 1.0})
+    row = summary[summary["level"] == "group"].set_index("benchmark")
+    accs = [0.25, 0.2]
+    stderrs = [mean_stderr(v) for v in correct.values()]
+    sizes = [4, 10]
+    assert row.loc["mmlu_clinical", "acc"] == pytest.approx(sum(accs) / 2)
+    weighted = row.loc["mmlu_clinical_weighted"]
+    assert weighted["acc"] == pytest.approx(aggregate_subtask_metrics(accs, sizes, True))
+    assert weighted["acc"] == pytest.approx(3 / 14)  # every item counts once
+    assert weighted["acc_stderr"] == pytest.approx(pooled_sample_stderr(stderrs, sizes))
+    assert weighted["n"] == 14 and weighted["subset"] == "mmlu_anatomy,mmlu_college_biology"
+    acc, se = size_weighted_mean(accs, stderrs, [4, 0])  # a member without items weighs nothing
+    assert (acc, se) == (pytest.approx(0.25), pytest.approx(pooled_sample_stderr(stderrs[:1], [4])))
+
+
+def test_agreement_counts_same_options_and_never_unparsed():
+    from med42ray.eval.metrics import ALL_ITEMS, agreement
+
+    def preds(protocol, values):
+        return [
+            {"protocol": protocol, "benchmark": bench, "item_id": str(i), "pred": p}
+            for i, (bench, p) in enumerate(values)
+        ]
+
+    frame = pd.DataFrame(
+        preds("letter", [("medqa", 0), ("medqa", 1), ("medqa", 2), ("headqa", -1)])
+        + preds("generate", [("medqa", 0), ("medqa", 3), ("medqa", 2), ("headqa", -1)])
+    )
+    table = agreement(frame).set_index("benchmark")
+    assert table.loc["medqa", "agree"] == pytest.approx(2 / 3) and table.loc["medqa", "n"] == 3
+    assert table.loc["headqa", "agree"] == 0.0  # two unparsed answers name no option
+    assert table.loc[ALL_ITEMS, "agree"] == pytest.approx(2 / 4)
+    assert set(table["protocol_a"]) == {"letter"} and set(table["protocol_b"]) == {"generate"}
+    assert agreement(frame[frame["protocol"] == "letter"]).empty  # one protocol: nothing to compare

@@ -29,9 +29,13 @@ RUN_SETTINGS = [  # on top of the tests' pinned small model: a few steps per str
     "train.max_seq_len=128",
     "train.checkpoint_every=2",
     "eval.batch_size=8",
+    # three protocols side by side (the report's column groups and agreement), generation short
+    "eval.protocols=[{}, {prompt_format: cloze}, {scoring: generate}]",
+    "eval.max_new_tokens=4",
     "data.near_dedup.enabled=false",  # tests/test_data_pipeline.py covers it; 14 s less here
 ]
 PLANTED_CONTAMINATIONS = 6  # scripts/make_tiny_data.py plants this many benchmark copies
+PROTOCOLS = ["letter", "cloze", "generate"]
 
 
 def run_args() -> list[str]:
@@ -147,13 +151,17 @@ def test_report_layout_and_figures(experiment):
     header = table.splitlines()[0]
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "benchmark",
-        "base",
-        "full",
-        "lora",
+        *(f"{p}: {m}" for p in PROTOCOLS for m in ("base", "full", "lora")),
         "n",
-    ]
+    ]  # a column group per protocol
     rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
-    assert rows == [label for _, label in PAPER_ROWS]
+    assert rows == [label for _, label in PAPER_ROWS]  # MMLU clinical both ways included
+    assert "## Agreement between protocols" in text and "## Protocols" in text
+    agreement = text.split("## Agreement between protocols")[1].split("\n\n")[2]
+    header = [c.strip() for c in agreement.splitlines()[0].strip("|").split("|")]
+    assert header == ["benchmark", "letter ~ cloze", "letter ~ generate", "cloze ~ generate", "n"]
+    pooled = agreement.splitlines()[-1]
+    assert "All benchmarks (items pooled)" in pooled and pooled.count(" / ") == 3 * 2
     for png in ("accuracy.png", "loss_curves.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "decontaminated" in text and "torch" in text
@@ -166,13 +174,27 @@ def test_report_numbers_reconcile_with_stage_outputs(experiment):
     acc = acc.set_index(["subject", "item"])["value"]
     for model in ("base", "full", "lora"):
         summary = pd.read_csv(next(run_dir.glob(f"eval-{model}-*/summary.csv")))
-        tasks = summary[summary["level"] == "task"]
-        assert len(tasks) == 12
-        for _, row in tasks.iterrows():
-            assert acc[(model, row["benchmark"])] == pytest.approx(row["acc"], abs=1e-12)
-        assert acc[(model, "average")] == pytest.approx(tasks["acc"].mean())
-        group = summary[(summary["level"] == "group") & (summary["benchmark"] == "usmle")]
-        assert acc[(model, "usmle")] == pytest.approx(float(group["acc"].iloc[0]))
+        assert list(dict.fromkeys(summary["protocol"])) == PROTOCOLS
+        for protocol, part in summary.groupby("protocol"):
+            column = f"{protocol}: {model}"
+            tasks = part[part["level"] == "task"]
+            assert len(tasks) == 12
+            for _, row in tasks.iterrows():
+                assert acc[(column, row["benchmark"])] == pytest.approx(row["acc"], abs=1e-12)
+            assert acc[(column, "average")] == pytest.approx(tasks["acc"].mean())
+            groups = part[part["level"] == "group"].set_index("benchmark")["acc"]
+            for group in ("usmle", "mmlu_clinical", "mmlu_clinical_weighted"):
+                assert acc[(column, group)] == pytest.approx(float(groups[group]))
+            mmlu = tasks[tasks["benchmark"].str.startswith("mmlu_")]
+            weighted = (mmlu["acc"] * mmlu["n"]).sum() / mmlu["n"].sum()
+            assert groups["mmlu_clinical_weighted"] == pytest.approx(weighted)
+            assert groups["mmlu_clinical"] == pytest.approx(mmlu["acc"].mean())
+        agreement = pd.read_csv(next(run_dir.glob(f"eval-{model}-*/agreement.csv")))
+        pooled = agreement[agreement["benchmark"] == "all"].set_index("protocol_b")
+        subject = f"{model}: letter ~ cloze"
+        assert numbers.set_index(["section", "subject", "item", "metric"])["value"][
+            ("agreement", subject, "all", "agree")
+        ] == pytest.approx(float(pooled.loc["cloze", "agree"]))
     training = numbers[numbers["section"] == "training"].set_index(["subject", "metric"])
     for strategy in ("full", "lora"):
         result = json.loads(next(run_dir.glob(f"train-{strategy}-*/train_result.json")).read_text())
@@ -213,7 +235,7 @@ def test_report_names_where_each_benchmark_came_from(experiment):
     report = experiment["run_dir"] / "report"
     table = pd.read_csv(report / "benchmarks.csv")
     assert "## Benchmarks scored" in (report / "report.md").read_text()
-    groups = {"mmlu_clinical", "usmle", "average"}
+    groups = {"mmlu_clinical", "mmlu_clinical_weighted", "usmle", "usmle_weighted", "average"}
     assert set(table["benchmark"]) == {b for b, _ in PAPER_ROWS} - groups
     assert len(table) == table["benchmark"].nunique() == 12
     medqa = table.set_index("benchmark").loc["medqa"]

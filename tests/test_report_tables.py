@@ -5,9 +5,15 @@ import pytest
 
 from med42ray.report.build import complete_groups
 from med42ray.report.plots import accuracy_bars, loss_curves
-from med42ray.report.tables import PAPER_ROWS, accuracy_table, cost_table, with_average
+from med42ray.report.tables import (
+    PAPER_ROWS,
+    accuracy_table,
+    agreement_table,
+    cost_table,
+    with_average,
+)
 
-GROUP_ROWS = {"mmlu_clinical", "usmle", "average"}
+GROUP_ROWS = {"mmlu_clinical", "mmlu_clinical_weighted", "usmle", "usmle_weighted", "average"}
 
 
 def scores(models=("lora", "base", "full")) -> pd.DataFrame:
@@ -56,13 +62,56 @@ def test_group_rows_are_kept_only_when_complete() -> None:
     assert list(kept.index) == [0, 3]
 
 
+def test_paper_rows_give_mmlu_clinical_both_ways() -> None:
+    labels = dict(PAPER_ROWS)
+    order = [b for b, _ in PAPER_ROWS]
+    assert order.index("mmlu_clinical_weighted") == order.index("mmlu_clinical") + 1
+    assert labels["mmlu_clinical"] == "MMLU clinical, mean of 6"  # the paper's
+    assert labels["mmlu_clinical_weighted"] == (
+        "MMLU clinical, size-weighted (as lm-eval's multimedqa)"
+    )
+
+
+def test_accuracy_table_has_a_column_group_per_protocol() -> None:
+    frame = pd.concat(
+        [scores().assign(protocol="letter"), scores().assign(protocol="cloze", acc=0.5)],
+        ignore_index=True,
+    )
+    table = accuracy_table(frame)
+    assert list(table.columns) == [
+        "benchmark",
+        *(f"{p}: {m}" for p in ("letter", "cloze") for m in ("base", "full", "lora")),
+        "n",
+    ]
+    medqa = table.set_index("benchmark").loc["MedQA"]
+    assert medqa["letter: base"] == "19.0 ± 2.9" and medqa["cloze: base"] == "50.0 ± 2.9"
+    average = with_average(frame)
+    average = average[average["level"] == "average"].set_index(["protocol", "model"])
+    assert average.loc[("cloze", "lora"), "acc"] == pytest.approx(0.5)
+    assert len(average) == 6
+
+
+def test_agreement_table_cells_are_base_full_lora() -> None:
+    rows = []
+    for k, model in enumerate(["lora", "base", "full"]):
+        for bench in ["medqa", "mmlu_anatomy", "all"]:
+            rows.append(
+                {"model": model, "benchmark": bench, "protocol_a": "letter",
+                 "protocol_b": "cloze", "n": 5, "agree": 0.2 * k}
+            )  # fmt: skip
+    table = agreement_table(pd.DataFrame(rows))
+    assert list(table.columns) == ["benchmark", "letter ~ cloze", "n"]
+    assert list(table["benchmark"]) == ["MMLU anatomy", "MedQA", "All benchmarks (items pooled)"]
+    assert table.set_index("benchmark").loc["MedQA", "letter ~ cloze"] == "20 / 40 / 0"
+
+
 def test_accuracy_table_follows_the_paper_layout() -> None:
     table = accuracy_table(scores())
     assert list(table.columns) == ["benchmark", "base", "full", "lora", "n"]
     assert list(table["benchmark"]) == [label for _, label in PAPER_ROWS]
     medqa = table.set_index("benchmark").loc["MedQA"]
-    assert medqa["base"] == "18.0 ± 2.8"  # model index 1 (base): 0.1 + 0.08, stderr 0.028
-    assert medqa["lora"] == "8.0 ± 2.8"
+    assert medqa["base"] == "19.0 ± 2.9"  # model index 1 (base): 0.1 + 0.09, stderr 0.029
+    assert medqa["lora"] == "9.0 ± 2.9"
 
 
 def test_cost_table_derives_share_and_device_hours() -> None:

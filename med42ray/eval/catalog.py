@@ -20,7 +20,7 @@ from med42ray.benchmarks import (
     load_benchmark_with_provenance,
     load_task,
 )
-from med42ray.config import ExperimentConfig
+from med42ray.config import ExperimentConfig, ProtocolConfig
 from med42ray.eval.prompts import Prompt, PromptFormat
 from med42ray.stages import atomic_write
 
@@ -42,32 +42,49 @@ def config_benchmarks(cfg: ExperimentConfig) -> list[Entry]:
     return list(entries.values())
 
 
-def first_prompt(cfg: ExperimentConfig, name: str, item: BenchmarkItem, tokenizer: Any) -> Prompt:
-    """`item` rendered as the evaluation renders it (zero-shot; the chat template if asked)."""
+def first_prompt(
+    cfg: ExperimentConfig,
+    name: str,
+    item: BenchmarkItem,
+    tokenizer: Any,
+    protocol: ProtocolConfig | None = None,
+) -> Prompt:
+    """`item` rendered as `protocol` (default: the first) renders it, zero-shot."""
+    protocol = protocol or cfg.eval.resolved_protocols()[0]
     spec = load_task(name)
-    if cfg.eval.prompt_format == "cloze":
+    if protocol.prompt_format == "cloze":
         spec = cloze_task(spec)
     fmt = PromptFormat(
         spec,
-        use_chat_template=cfg.eval.use_chat_template,
-        system_prompt=cfg.data.system_prompt if cfg.eval.use_chat_template else None,
+        use_chat_template=protocol.chat_template,
+        system_prompt=cfg.data.system_prompt if protocol.chat_template else None,
         tokenizer=tokenizer,
     )
     return fmt.render(item)
 
 
 def describe(cfg: ExperimentConfig, tokenizer: Any = None) -> list[dict[str, Any]]:
-    """Provenance and the first rendered prompt of every benchmark `cfg` uses."""
+    """Provenance and the first rendered prompt of every benchmark `cfg` uses, per protocol
+    (`prompts`: protocol -> context and continuations; a chat-template protocol only with
+    `tokenizer`). `first_prompt`/`continuations`: the first protocol's."""
     mirror = cfg.resources.hub_mirror
+    protocols = [p for p in cfg.eval.resolved_protocols() if tokenizer or not p.chat_template]
     rows = []
     for entry in config_benchmarks(cfg):
         loaded = load_benchmark_with_provenance(entry.name, entry.path, mirror=mirror)
         row = {"benchmark": entry.name, "role": "scored" if entry.scored else "index only"}
         row.update(loaded.provenance.to_dict())
-        if loaded.items:
-            prompt = first_prompt(cfg, entry.name, loaded.items[0], tokenizer)
-            row["first_prompt"] = prompt.context
-            row["continuations"] = list(prompt.continuations)
+        if loaded.items and protocols:
+            prompts = {
+                p.label: first_prompt(cfg, entry.name, loaded.items[0], tokenizer, p)
+                for p in protocols
+            }
+            row["prompts"] = {
+                k: {"context": v.context, "continuations": list(v.continuations)}
+                for k, v in prompts.items()
+            }
+            row["first_prompt"] = next(iter(row["prompts"].values()))["context"]
+            row["continuations"] = next(iter(row["prompts"].values()))["continuations"]
         rows.append(row)
     return rows
 
@@ -112,11 +129,11 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
             f"  items: {row.get('items')}  dropped: {dropped or 'none'}",
             f"  sha256: {row.get('sha256')}",
         ]
-        if "first_prompt" in row:
-            prompt = row["first_prompt"].replace("\n", "\n    ")
-            scored = ", ".join(repr(c) for c in row["continuations"])
-            lines.append(
-                f"  first item, as scored:\n    {prompt}\n  continuations scored: {scored}"
-            )
+        if "prompts" in row:
+            lines.append("  first item, as scored:")
+            for protocol, prompt in row["prompts"].items():
+                context = prompt["context"].replace("\n", "\n      ")
+                scored = ", ".join(repr(c) for c in prompt["continuations"])
+                lines.append(f"    [{protocol}]\n      {context}\n    continuations: {scored}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)

@@ -1,31 +1,37 @@
 """The evaluation stage: benchmark items -> prompts -> engine actors -> scores -> tables.
 
-:func:`run_eval` renders every item of ``cfg.eval.benchmarks`` (:mod:`~med42ray.eval.prompts`),
-asks the run's :class:`~med42ray.eval.scoring.Scoring` (``eval.scoring``) for its requests, and
-streams them through a Ray Data pipeline whose ``map_batches`` stage is a pool of
-``eval.num_actors`` :class:`ScoringActor` s, each holding one inference engine
-(:mod:`~med42ray.eval.engines`) and scoring its batches the way the scoring mode says (with
-tensor parallelism, plain Ray actors in placement groups of their own:
-:mod:`~med42ray.eval.placement`). The cluster shares nothing but object storage: the model and
-adapter are locations (a folder, a hub id, an ``s3://`` URI) that every actor resolves on its
-own node, and the driver fetches only the tokenizer's files to render the prompts. Every
-finished batch is written at once as a Parquet part under ``<parts>/<run key>/`` (default
-``OUT/parts``; a folder or an object-store prefix; one atomic write each, named by the hash of
-its request keys), so a crash loses at most the batches in flight and a rerun, on any node,
-scores only the requests no part holds yet. The run key hashes the weights (a local folder by
+:func:`run_eval` scores every protocol of ``eval`` (``eval.resolved_protocols()``: letter,
+cloze, chat-template, generative...) in one pass: per protocol it renders every item of
+``cfg.eval.benchmarks`` (:mod:`~med42ray.eval.prompts`) and asks the protocol's
+:class:`~med42ray.eval.scoring.Scoring` for its requests; all of them stream through one Ray Data
+pipeline whose ``map_batches`` stage is a pool of ``eval.num_actors`` :class:`ScoringActor` s,
+each holding one inference engine (:mod:`~med42ray.eval.engines`, the weights loaded once) and
+scoring each request the way its protocol's scoring mode says (with tensor parallelism, plain
+Ray actors in placement groups of their own: :mod:`~med42ray.eval.placement`). The cluster
+shares nothing but object storage: the model and adapter are locations (a folder, a hub id, an
+``s3://`` URI) that every actor resolves on its own node, and the driver fetches only the
+tokenizer's files to render the prompts. Every finished batch is written at once as a Parquet
+part under ``<parts>/<run key>/``, one run key per protocol (default ``OUT/parts``; a folder or
+an object-store prefix; one atomic write each, named by the hash of its request keys), so a
+crash loses at most the batches in flight and a rerun, on any node, scores only the requests
+no part holds yet. The run key hashes the weights (a local folder by
 its content, not its path: retrained weights in the same folder are scored anew; an export in
 object storage by its ``checksums.json``), the engine, the scoring mode (and its settings), the
 prompt formats and the benchmarks' content hashes: a changed prompt or a corrected benchmark
-file never reuses stale scores. The scoring mode then reads each item's prediction from its
-parts; :mod:`~med42ray.eval.metrics` makes the summary.
+file never reuses stale scores, and adding a protocol rescores no other. Each scoring mode then
+reads its items' predictions from its parts; :mod:`~med42ray.eval.metrics` makes the summary
+and the agreement between protocols.
 
 Outputs in ``OUT`` (each written atomically): ``predictions.parquet`` and ``predictions.jsonl``
 (one row per item: prompt hash, option log-likelihoods or the generated text, prediction,
 acc_norm prediction, gold, correct, ``clean``: no overlap with the training data, from the
-data stage's ``overlap.json``), ``summary.csv`` and ``summary.md`` (per benchmark, per
-subset, per group; ``n_clean`` / ``acc_clean`` on the clean items), ``eval.json`` (what
-the run did: the model's location, the parts, the bytes the driver and the actors moved, the
-placement) and ``config.yaml`` (the resolved config).
+data stage's ``overlap.json``; one row per protocol and item), ``summary.csv`` and
+``summary.md`` (per protocol, benchmark, subset and group, groups both unweighted and
+size-weighted; ``n_clean`` / ``acc_clean`` on the clean items), ``agreement.csv`` (per
+benchmark and pair of protocols, the share of items with the same prediction), ``eval.json``
+(what the run did: the model's location, each protocol's run key, parts, requests and compute
+seconds, the bytes the driver and the actors moved, the placement) and ``config.yaml`` (the
+resolved config).
 
 Why the vLLM path also runs in our actor pool rather than through ``ray.data.llm``'s
 ``build_processor``: lm-eval's scoring needs the exact ``context + continuation`` token ids
@@ -48,6 +54,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,9 +71,9 @@ from med42ray.benchmarks import (
     load_benchmark_with_provenance,
     load_task,
 )
-from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig
+from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig, ProtocolConfig
 from med42ray.data.overlap import read_overlap
-from med42ray.eval.metrics import summarise, to_markdown
+from med42ray.eval.metrics import agreement, summarise, to_markdown
 from med42ray.eval.prompts import PromptFormat
 from med42ray.eval.scoring import Scoring, TaskRun, build_scoring
 from med42ray.stages import atomic_write
@@ -83,15 +90,19 @@ PART_COLUMNS = ["key", "task", "item_id", "option", "loglikelihood", "generation
 def fewshot_items(
     spec: TaskSpec, path: str | None, k: int, mirror: str | None = None
 ) -> list[BenchmarkItem]:
-    """The pool few-shot examples are drawn from: the task's `fewshot_split`.
+    """The pool few-shot examples are drawn from: the task's `fewshot_split`, whole and in its
+    order (lm-eval's sampler picks by position: another order or size, other shots).
 
     With a local release folder (MMLU's `data/`), the split is read from the same folder; with a
-    local test file `X.jsonl`, the pool is the sibling `X.<fewshot_split>.jsonl`.
+    local test file `X.jsonl`, the pool is the sibling `X.<fewshot_split>.jsonl`, or `X.jsonl`
+    itself when the few-shot split is the test split (each item then left out of its shots).
     """
     if not k:
         return []
     if not spec.fewshot_split:
         raise BenchmarkError(f"{spec.task}: {k}-shot asked, but the task has no few-shot split")
+    if spec.fewshot_split == spec.test_split:
+        return load_benchmark(spec.task, path, mirror=mirror)
     if path and Path(path).is_dir():
         return load_benchmark(spec.task, path, split=spec.fewshot_split)
     if path:
@@ -103,15 +114,19 @@ def fewshot_items(
     return load_benchmark(spec.task, split=spec.fewshot_split, mirror=mirror)
 
 
-def prepare_tasks(cfg: ExperimentConfig, tokenizer: Any) -> list[TaskRun]:
-    """Every benchmark of ``cfg.eval.benchmarks``: its spec, items and rendered prompts."""
+def prepare_tasks(
+    cfg: ExperimentConfig, tokenizer: Any, protocol: ProtocolConfig | None = None
+) -> list[TaskRun]:
+    """Every benchmark of ``cfg.eval.benchmarks``: its spec, items and prompts as `protocol`
+    renders them (default: the first of ``eval.resolved_protocols()``)."""
+    protocol = protocol or cfg.eval.resolved_protocols()[0]
     if not cfg.eval.benchmarks:
         raise BenchmarkError("eval.benchmarks is empty: nothing to evaluate")
     mirror = cfg.resources.hub_mirror
     runs = []
     for bench in cfg.eval.benchmarks:
         spec = load_task(bench.name)
-        if cfg.eval.prompt_format == "cloze":
+        if protocol.prompt_format == "cloze":
             spec = cloze_task(spec)
         loaded = load_benchmark_with_provenance(bench.name, bench.path, mirror=mirror)
         limit = bench.limit or cfg.eval.limit
@@ -120,8 +135,8 @@ def prepare_tasks(cfg: ExperimentConfig, tokenizer: Any) -> list[TaskRun]:
             spec,
             num_fewshot=cfg.eval.num_fewshot,
             seed=cfg.eval.seed,
-            use_chat_template=cfg.eval.use_chat_template,
-            system_prompt=cfg.data.system_prompt if cfg.eval.use_chat_template else None,
+            use_chat_template=protocol.chat_template,
+            system_prompt=cfg.data.system_prompt if protocol.chat_template else None,
             fewshot_items=fewshot_items(spec, bench.path, cfg.eval.num_fewshot, mirror),
             tokenizer=tokenizer,
         )
@@ -184,6 +199,69 @@ def run_key(
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+@dataclass
+class ProtocolRun:
+    """One protocol of an evaluation: its prompts, scoring mode and requests, and its parts
+    location, ``<parts>/<run key>``: each protocol's own, keyed by what its scores depend on,
+    so adding a protocol never rescores another."""
+
+    protocol: ProtocolConfig
+    scoring: Scoring
+    tasks: list[TaskRun]
+    requests: list[dict[str, Any]]
+    key: str
+    parts: str
+    cache: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.protocol.label
+
+    def results(self) -> pd.DataFrame:
+        """Every finished request of this protocol (parts already read are not read again)."""
+        return read_parts(self.parts, self.cache)
+
+
+def prepare_protocols(
+    cfg: ExperimentConfig, tokenizer: Any, source: str, adapter: str | None, parts: str
+) -> list[ProtocolRun]:
+    """Every protocol of ``eval.resolved_protocols()``, its requests tagged with its name (the
+    actors route them by it). `source`/`adapter` are the weights' locations (for the key)."""
+    from med42ray import storage
+
+    runs = []
+    for protocol in cfg.eval.resolved_protocols():
+        tasks = prepare_tasks(cfg, tokenizer, protocol)
+        scoring = build_scoring(cfg.eval, protocol)
+        requests = [
+            {**row, "protocol": protocol.label} for row in build_requests(tasks, scoring, tokenizer)
+        ]
+        key = run_key(tasks, scoring, source, adapter, cfg)
+        runs.append(ProtocolRun(protocol, scoring, tasks, requests, key, storage.join(parts, key)))
+    return runs
+
+
+def adopt_parts(run: ProtocolRun, earlier: Sequence[str]) -> int:
+    """Copy into `run`'s parts the parts under the same run key in `earlier` parts locations
+    (an earlier evaluation of the same weights with other protocols): what they scored is not
+    scored again, and this evaluation's parts stay complete on their own. Returns the count."""
+    from med42ray import storage
+
+    have = set(storage.list_files(run.parts))
+    copied = 0
+    for root in earlier:
+        source = storage.join(root, run.key)
+        if source == run.parts:
+            continue
+        for name in sorted(storage.list_files(source)):
+            if fnmatch(name, "part-*.parquet") and name not in have:
+                data = storage.read_bytes(storage.join(source, name))
+                storage.write_bytes(storage.join(run.parts, name), data)
+                have.add(name)
+                copied += 1
+    return copied
+
+
 # ------------------------------------------------------------------------------- parts I/O
 def write_part(parts: str | Path, frame: pd.DataFrame) -> str:
     """Write one finished batch whole into the `parts` location (a folder or an object-store
@@ -220,7 +298,9 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 # ------------------------------------------------------------------------------ the actors
 class ScoringActor:
-    """One engine per actor; each batch is scored, written as a part, and reported.
+    """One engine per actor, scoring every protocol: each batch is split by its rows'
+    `protocol`, each share scored by that protocol's mode and written as a part into that
+    protocol's `parts` location, and reported. The weights load once for all protocols.
 
     The actor resolves the weights on its own node: `model_cfg.name_or_path` (a hub id, a
     folder, the tiny model, or an object-store URI copied into this node's cache once) through
@@ -235,7 +315,7 @@ class ScoringActor:
         mirror: str | None,
         eval_cfg: EvalConfig,
         adapter: str | None,
-        parts: str,
+        parts: dict[str, str],
         fail_after_parts: int | None = None,
     ) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -252,8 +332,8 @@ class ScoringActor:
         model_path = resolve_model_path(model_cfg, mirror)
         adapter = str(storage.local_copy(adapter)) if adapter else None
         self.engine = make_engine(engine, model_path, model_cfg, eval_cfg, adapter, index=index)
-        self.scoring = build_scoring(eval_cfg)
-        self.parts = str(parts)
+        self.scorings = {p.label: build_scoring(eval_cfg, p) for p in eval_cfg.resolved_protocols()}
+        self.parts = {name: str(location) for name, location in parts.items()}
         self.fail_after_parts = fail_after_parts
         self.written = 0
 
@@ -271,9 +351,26 @@ class ScoringActor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from med42ray import storage
 
+        frames = []
+        for protocol in dict.fromkeys(str(p) for p in batch["protocol"]):
+            rows = [i for i, p in enumerate(batch["protocol"]) if str(p) == protocol]
+            share = {k: [v[i] for i in rows] for k, v in batch.items()}
+            frames.append(self._score_part(protocol, share))
+        frame = pd.concat(frames, ignore_index=True)
+        n = len(frame)
+        now = storage.transfers()
+        return {
+            "key": frame["key"].to_numpy(),
+            "compute_s": frame["compute_s"].to_numpy(),
+            "actor": np.full(n, self.actor_id),
+            **{k: np.full(n, now[k] - self.start[k]) for k in TRANSFER_KEYS},
+        }
+
+    def _score_part(self, protocol: str, batch: dict[str, list[Any]]) -> pd.DataFrame:
+        """Score one protocol's requests of a batch and write them as one part."""
         start = time.perf_counter()
         n = len(batch["key"])
-        scores = self.scoring.score(self.engine, batch)
+        scores = self.scorings[protocol].score(self.engine, batch)
         seconds = time.perf_counter() - start
         frame = pd.DataFrame(
             {
@@ -286,17 +383,11 @@ class ScoringActor:
                 "compute_s": [seconds / n] * n,
             }
         )
-        write_part(self.parts, frame)
+        write_part(self.parts[protocol], frame)
         self.written += 1
         if self.fail_after_parts is not None and self.written >= self.fail_after_parts:
             raise RuntimeError(f"simulated crash after {self.written} part(s)")
-        now = storage.transfers()
-        return {
-            "key": frame["key"].to_numpy(),
-            "compute_s": frame["compute_s"].to_numpy(),
-            "actor": np.full(n, self.actor_id),
-            **{k: np.full(n, now[k] - self.start[k]) for k in TRANSFER_KEYS},
-        }
+        return frame
 
     def score_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
         """`__call__` under a plain name (the actor-pool path calls it as a method)."""
@@ -307,8 +398,9 @@ TRANSFER_KEYS = ("downloaded_bytes", "uploaded_bytes", "downloaded_files", "uplo
 
 
 def _batches(requests: list[dict], ev: EvalConfig) -> tuple[int, int]:
-    """(requests per batch: `eval.batch_size` items' worth, number of blocks)."""
-    n_items = len({(r["task"], r["item_id"]) for r in requests})
+    """(requests per batch: `eval.batch_size` items' worth, number of blocks; an item counts
+    once per protocol)."""
+    n_items = len({(r.get("protocol"), r["task"], r["item_id"]) for r in requests})
     per_batch = max(1, math.ceil(len(requests) / n_items) * ev.batch_size)
     return per_batch, max(1, math.ceil(len(requests) / per_batch))
 
@@ -318,10 +410,11 @@ def score_requests(
     cfg: ExperimentConfig,
     model_cfg: ModelConfig,
     adapter: str | None,
-    parts: str,
+    parts: dict[str, str],
     fail_after_parts: int | None = None,
 ) -> dict[str, Any]:
-    """Run the pending requests through the engine actors (placed by `actor_placement`).
+    """Run the pending requests of every protocol through one set of engine actors (placed by
+    `actor_placement`); `parts` maps each protocol to where its parts go.
 
     Returns {"scored": requests scored, "actors": their transfers, "placement": ...}.
     """
@@ -336,7 +429,7 @@ def score_requests(
         "mirror": cfg.resources.hub_mirror,
         "eval_cfg": cfg.eval,
         "adapter": adapter,
-        "parts": str(parts),
+        "parts": {name: str(location) for name, location in parts.items()},
         "fail_after_parts": fail_after_parts,
     }
     if placement.bundles:
@@ -495,11 +588,62 @@ def write_outputs(
     atomic_write(out / "predictions.jsonl", predictions.to_json(orient="records", lines=True) or "")
     atomic_write(out / "summary.csv", summary.to_csv(index=False) or "")
     atomic_write(out / "summary.md", to_markdown(summary))
+    atomic_write(out / "agreement.csv", agreement(predictions).to_csv(index=False) or "")
     atomic_write(out / "config.yaml", cfg.to_yaml())
     atomic_write(out / "eval.json", json.dumps(record, indent=2))
 
 
 # ----------------------------------------------------------------------------- entry point
+def pending_requests(runs: Sequence[ProtocolRun], earlier: Sequence[str]) -> list[dict[str, Any]]:
+    """The requests no part holds yet, every protocol's, after adopting `earlier`'s parts."""
+    pending = []
+    for run in runs:
+        adopted = adopt_parts(run, earlier)
+        done = set(run.results()["key"])
+        todo = [r for r in run.requests if r["key"] not in done]
+        log.info(
+            "eval %s (%s): %d requests, %d already done (%d parts adopted)",
+            run.key, run.name, len(run.requests), len(run.requests) - len(todo), adopted,
+        )  # fmt: skip
+        pending += todo
+    return pending
+
+
+def all_predictions(runs: Sequence[ProtocolRun], info: dict[str, Any]) -> pd.DataFrame:
+    """Every protocol's item predictions, one frame (columns `protocol` and `scoring`)."""
+    frames = [
+        item_predictions(
+            r.tasks, r.results(), r.scoring, {**info, "protocol": r.name, "scoring": r.scoring.name}
+        )
+        for r in runs
+    ]
+    return pd.concat(frames, ignore_index=True)
+
+
+def protocol_records(
+    runs: Sequence[ProtocolRun], pending: Sequence[dict[str, Any]], predictions: pd.DataFrame
+) -> dict[str, dict[str, Any]]:
+    """Per protocol: its settings, run key, parts, requests, resumed, compute seconds, and the
+    share of generated answers that named no option (`unparsed`; None when scored by
+    log-likelihood)."""
+    todo = pd.Series([r["protocol"] for r in pending], dtype=object).value_counts()
+    compute = predictions.groupby("protocol")["compute_s"].sum()
+    generated = predictions.dropna(subset=["parsed"])
+    unparsed = (~generated["parsed"].astype(bool)).groupby(generated["protocol"]).mean().to_dict()
+    return {
+        r.name: {
+            **r.protocol.model_dump(exclude={"name"}),
+            "run_key": r.key,
+            "parts": r.parts,
+            "requests": len(r.requests),
+            "resumed": len(r.requests) - int(todo.get(r.name, 0)),
+            "compute_s": float(compute.get(r.name, 0.0)),
+            "unparsed": unparsed.get(r.name),
+        }
+        for r in runs
+    }
+
+
 def run_eval(
     cfg: ExperimentConfig,
     out: Path,
@@ -508,19 +652,23 @@ def run_eval(
     label: str | None = None,
     *,
     parts: str | None = None,
+    earlier_parts: Sequence[str] = (),
     overlap: Path | None = None,
     _fail_after_parts: int | None = None,
 ) -> pd.DataFrame:
-    """Score a model on ``cfg.eval.benchmarks``; write predictions and the summary into `out`.
+    """Score a model on ``cfg.eval.benchmarks`` by every protocol of ``eval``; write the
+    predictions, the summary and the protocols' agreement into `out`.
 
     `model` is a location: a folder, a hub id or an object-store URI (default: the config's
     model, the tiny one built on demand); `adapter` a PEFT LoRA folder or URI served on top of
     it, unmerged. Each actor fetches the weights on its own node; this process reads only the
-    tokenizer's and config's files. `parts` is where the scored batches go (a folder or a URI;
-    default `out/parts`), under the run key: a rerun, here or after a job restart on another
-    node, scores only what no part holds yet. `label` names the model in the tables (default:
-    the model id, plus the adapter's name); `overlap` the data stage's `overlap.json`: its
-    items are not `clean` (every item is without it). Returns the summary table.
+    tokenizer's and config's files. One set of actors scores every protocol. `parts` is where
+    the scored batches go (a folder or a URI; default `out/parts`), under each protocol's run
+    key: a rerun, here or after a job restart on another node, scores only what no part holds
+    yet; `earlier_parts` are other evaluations' parts locations whose parts under the same run
+    keys are adopted (copied) first. `label` names the model in the tables (default: the model
+    id, plus the adapter's name); `overlap` the data stage's `overlap.json`: its items are not
+    `clean` (every item is without it). Returns the summary table.
     (`_fail_after_parts` makes each actor raise after writing that many parts: the crash
     the resume tests simulate.)
     """
@@ -538,45 +686,41 @@ def run_eval(
         adapter = str(adapter) if storage.is_uri(adapter) else str(Path(adapter).resolve())
         model_id = f"{model_id}+{adapter.rstrip('/').rsplit('/', 1)[-1]}"
     tokenizer = driver_tokenizer(model_cfg, mirror)
-    tasks = prepare_tasks(cfg, tokenizer)
-    scoring = build_scoring(cfg.eval)
-    requests = build_requests(tasks, scoring, tokenizer)
-
-    key = run_key(tasks, scoring, model_source(model_cfg, mirror), adapter, cfg)
-    parts = storage.join(parts or out / "parts", key)
-    cache: dict[str, pd.DataFrame] = {}
-    done = set(read_parts(parts, cache)["key"])
-    pending = [r for r in requests if r["key"] not in done]
-    log.info(
-        "eval %s: %d requests, %d already done", key, len(requests), len(requests) - len(pending)
-    )
+    source = model_source(model_cfg, mirror)
+    runs = prepare_protocols(cfg, tokenizer, source, adapter, str(parts or out / "parts"))
+    pending = pending_requests(runs, earlier_parts)
     scored: dict[str, Any] = {"scored": 0, "actors": None, "placement": None}
     if pending:
-        scored = score_requests(pending, cfg, model_cfg, adapter, parts, _fail_after_parts)
+        where = {r.name: r.parts for r in runs}
+        scored = score_requests(pending, cfg, model_cfg, adapter, where, _fail_after_parts)
 
     wall = time.perf_counter() - start
-    run = {"model": label or model_id, "engine": cfg.eval.engine, "scoring": scoring.name}
-    predictions = item_predictions(tasks, read_parts(parts, cache), scoring, run)
+    info = {"model": label or model_id, "engine": cfg.eval.engine}
+    predictions = all_predictions(runs, info)
     predictions["clean"] = clean_items(predictions, read_overlap(overlap))
-    summary = summarise(predictions, {**run, "wall_s": wall})
+    summary = summarise(predictions, {**info, "wall_s": wall})
     now = storage.transfers()
+    requests = sum(len(r.requests) for r in runs)
     record = {
-        "run_key": key,
+        "run_key": runs[0].key,  # the first protocol's; every protocol's under "protocols"
         "model_path": model_cfg.name_or_path,
         "adapter": adapter,
-        "parts": parts,
-        "requests": len(requests),
-        "resumed": len(requests) - len(pending),
+        "parts": runs[0].parts,
+        "requests": requests,
+        "resumed": requests - len(pending),
         "scored": scored["scored"],
         "items": len(predictions),
         "wall_s": wall,
+        "protocols": protocol_records(runs, pending, predictions),
         "transfers": {
             "driver": {k: now[k] - before[k] for k in TRANSFER_KEYS},
             "actors": scored["actors"],
         },
         "placement": scored["placement"],
-        "prompt_formats": {t.spec.task: [t.fmt.name, t.fmt.version] for t in tasks},
-        "benchmarks": {t.spec.task: t.provenance for t in tasks},
+        "prompt_formats": {
+            r.name: {t.spec.task: [t.fmt.name, t.fmt.version] for t in r.tasks} for r in runs
+        },
+        "benchmarks": {t.spec.task: t.provenance for t in runs[0].tasks},
     }
     write_outputs(out, cfg, predictions, summary, record)
     return summary

@@ -1,6 +1,6 @@
 """Scoring protocols: how a benchmark's prompts are asked of an engine and answered.
 
-A :class:`Scoring` is the one object that knows the mode of a run (``eval.scoring``), shaped
+A :class:`Scoring` is the one object that knows the mode of a protocol (its ``scoring``), shaped
 like the training :class:`~med42ray.train.strategies.Strategy`: :data:`SCORINGS` maps the mode to
 its class and :func:`build_scoring` makes it. Each mode answers four questions, so the runner
 never asks which one it runs:
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from med42ray.benchmarks import BenchmarkItem, TaskSpec
-from med42ray.config import EvalConfig
+from med42ray.config import EvalConfig, ProtocolConfig
 from med42ray.eval.metrics import predict
 from med42ray.eval.parsing import parse_answer
 from med42ray.eval.prompts import Prompt, PromptFormat
@@ -190,6 +190,6 @@ SCORINGS: dict[str, type[Scoring]] = {
 }
 
 
-def build_scoring(eval_cfg: EvalConfig) -> Scoring:
-    """The scoring mode ``eval.scoring`` names."""
-    return SCORINGS[eval_cfg.scoring](eval_cfg)
+def build_scoring(eval_cfg: EvalConfig, protocol: ProtocolConfig) -> Scoring:
+    """The scoring mode `protocol` names (one of ``eval.resolved_protocols()``)."""
+    return SCORINGS[protocol.scoring](eval_cfg)

@@ -1,10 +1,11 @@
 """`report.md` from finished runs: `build_report([RUN_DIR, ...], OUT)`.
 
 Everything is read from the stages' own outputs (`run.json` names them): each evaluation's
-`summary.csv`, each training's `train_result.json`, `metrics.jsonl` and resolved config, the
-data stage's `manifest.json`. Nothing is recomputed, so the report always agrees with the stage
-outputs, and `numbers.csv` holds every number the report shows. With several runs the models
-are labelled `<run>/<model>` and compared side by side.
+`summary.csv` (rows per scoring protocol), `agreement.csv` and `eval.json`, each training's
+`train_result.json`, `metrics.jsonl` and resolved config, the data stage's `manifest.json`.
+Nothing is recomputed, so the report always agrees with the stage outputs, and `numbers.csv`
+holds every number the report shows. With several runs the models are labelled `<run>/<model>`
+and compared side by side; with several protocols each has a column group, `<protocol>: <model>`.
 """
 
 from __future__ import annotations
@@ -21,15 +22,20 @@ import yaml
 
 from med42ray.benchmarks import task_groups
 from med42ray.data.manifest import CATEGORIES
+from med42ray.eval.metrics import WEIGHTED
 from med42ray.report.plots import accuracy_bars, loss_curves
 from med42ray.report.tables import (
     PAPER_ROWS,
     accuracy_table,
+    agreement_table,
     clean_table,
+    column_order,
     cost_table,
     order_models,
+    protocols_of,
     to_markdown,
     with_average,
+    with_columns,
 )
 from med42ray.stages import read_index
 
@@ -71,21 +77,25 @@ def load_runs(run_dirs: list[Path]) -> list[Run]:
 
 # ---------------------------------------------------------------------------------- readers
 def complete_groups(summary: pd.DataFrame) -> pd.DataFrame:
-    """Task rows, plus group rows only where every member was scored (no misleading means)."""
+    """Task rows, plus group rows (unweighted and size-weighted) only where every member was
+    scored (no misleading means)."""
     groups = task_groups()
     keep = summary["level"] == "task"
     for i, row in summary[summary["level"] == "group"].iterrows():
         members = set(str(row["subset"]).split(","))
-        keep[i] = members == set(groups.get(row["benchmark"], []))
+        keep[i] = members == set(groups.get(str(row["benchmark"]).removesuffix(WEIGHTED), []))
     return summary[keep]
 
 
 def eval_summaries(runs: list[Run]) -> Iterator[tuple[str, pd.DataFrame]]:
-    """(model label, the evaluation's summary.csv) for every evaluation of every run."""
+    """(model label, the evaluation's summary.csv) for every evaluation of every run (a
+    summary from before protocols has one, named by its scoring mode)."""
     several = len(runs) > 1
     for run in runs:
         for model, folder in run.stages("eval").items():
             summary = pd.read_csv(folder / "summary.csv", keep_default_na=False)
+            if "protocol" not in summary:
+                summary["protocol"] = summary["scoring"]
             yield run.model_label(model, several), summary
 
 
@@ -98,6 +108,7 @@ def read_scores(runs: list[Run]) -> pd.DataFrame:
             pd.DataFrame(
                 {
                     "model": label,
+                    "protocol": summary["protocol"].astype(str),
                     "level": summary["level"],
                     "benchmark": summary["benchmark"],
                     "acc": summary["acc"].astype(float),
@@ -106,11 +117,11 @@ def read_scores(runs: list[Run]) -> pd.DataFrame:
                 }
             )
         )
-    columns = ["model", "level", "benchmark", "acc", "stderr", "n"]
+    columns = ["model", "protocol", "level", "benchmark", "acc", "stderr", "n"]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
-CLEAN_COLUMNS = ["model", "benchmark", "acc", "n", "acc_clean", "n_clean"]
+CLEAN_COLUMNS = ["model", "protocol", "benchmark", "acc", "n", "acc_clean", "n_clean"]
 
 
 def clean_summary(run: Run, folder: Path, label: str) -> pd.DataFrame | None:
@@ -142,7 +153,9 @@ def read_clean_scores(runs: list[Run]) -> pd.DataFrame:
             if summary is None:
                 continue
             summary = complete_groups(summary)
-            frame = summary[["benchmark", "acc", "n", "acc_clean", "n_clean"]].copy()
+            if summary["protocol"].isna().all():  # predictions from before protocols
+                summary["protocol"] = summary["scoring"].fillna("")
+            frame = summary[["protocol", "benchmark", "acc", "n", "acc_clean", "n_clean"]].copy()
             frame["acc_clean"] = pd.to_numeric(frame["acc_clean"], errors="coerce")
             frame = frame.astype({"acc": float, "n": int, "n_clean": int})
             frames.append(frame.assign(model=label))
@@ -160,6 +173,7 @@ def read_usmle_steps(runs: list[Run]) -> pd.DataFrame:
             rows.append(
                 {
                     "model": label,
+                    "protocol": str(r["protocol"]),
                     "benchmark": r["benchmark"],
                     "step": str(r["subset"]),
                     "acc": float(r["acc"]),
@@ -207,6 +221,52 @@ def read_training(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not costs:
         return pd.DataFrame(), pd.DataFrame()
     return pd.DataFrame(costs), pd.concat(histories, ignore_index=True)
+
+
+AGREEMENT_COLUMNS = ["model", "benchmark", "protocol_a", "protocol_b", "n", "agree"]
+
+
+def read_agreement(runs: list[Run]) -> pd.DataFrame:
+    """Every evaluation's `agreement.csv` (absent before protocols, empty with one)."""
+    several = len(runs) > 1
+    frames = [
+        pd.read_csv(folder / "agreement.csv", keep_default_na=False).assign(
+            model=run.model_label(model, several)
+        )
+        for run in runs
+        for model, folder in run.stages("eval").items()
+        if (folder / "agreement.csv").is_file()
+    ]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=AGREEMENT_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[AGREEMENT_COLUMNS]
+
+
+def read_protocols(runs: list[Run]) -> pd.DataFrame:
+    """Per protocol (the evaluations' `eval.json`): how it scores, its compute seconds per
+    model (the engine's time on its requests, resumed ones included) and its share of
+    generated answers that named no option."""
+    rows: dict[str, dict[str, Any]] = {}
+    several = len(runs) > 1
+    for run in runs:
+        for model, folder in run.stages("eval").items():
+            record = json.loads((folder / "eval.json").read_text())
+            for name, p in record.get("protocols", {}).items():
+                row = rows.setdefault(
+                    name,
+                    {
+                        "protocol": name,
+                        "scoring": p["scoring"],
+                        "prompt_format": p["prompt_format"],
+                        "chat template": "yes" if p["chat_template"] else "no",
+                    },
+                )
+                label = run.model_label(model, several)
+                row[f"{label} compute (s)"] = round(p["compute_s"], 1)
+                unparsed = p.get("unparsed")
+                row[f"{label} unparsed (%)"] = "–" if unparsed is None else f"{100 * unparsed:.0f}"
+    return pd.DataFrame(list(rows.values()))
 
 
 def read_data(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -262,9 +322,9 @@ def all_numbers(
 ) -> pd.DataFrame:
     """Long table (section, model/source, item, metric, value) of every number in the report."""
     rows = []
-    for _, r in scores.iterrows():
+    for _, r in with_columns(scores).iterrows():
         for metric in ("acc", "stderr", "n"):
-            rows.append(("accuracy", r["model"], r["benchmark"], metric, float(r[metric])))
+            rows.append(("accuracy", r["column"], r["benchmark"], metric, float(r[metric])))
     for _, r in costs.iterrows():
         for metric, value in r.items():
             if metric not in ("strategy", "device"):
@@ -282,10 +342,21 @@ def all_numbers(
 def clean_numbers(clean: pd.DataFrame) -> pd.DataFrame:
     """The clean-subset table's numbers, in `all_numbers`' layout (section `clean accuracy`)."""
     rows = [
-        ("clean accuracy", r["model"], r["benchmark"], metric, float(r[metric]))
-        for _, r in clean.iterrows()
+        ("clean accuracy", r["column"], r["benchmark"], metric, float(r[metric]))
+        for _, r in with_columns(clean).iterrows()
         for metric in ("acc_clean", "n_clean")
     ]
+    return pd.DataFrame(rows, columns=["section", "subject", "item", "metric", "value"])
+
+
+def agreement_numbers(agreement: pd.DataFrame) -> pd.DataFrame:
+    """The agreement table's numbers (section `agreement`, subject `model: a ~ b`)."""
+    rows = [
+        ("agreement", f"{r['model']}: {r['protocol_a']} ~ {r['protocol_b']}", r["benchmark"],
+         metric, float(r[metric]))
+        for _, r in agreement.iterrows()
+        for metric in ("agree", "n")
+    ]  # fmt: skip
     return pd.DataFrame(rows, columns=["section", "subject", "item", "metric", "value"])
 
 
@@ -295,48 +366,72 @@ def _section(title: str, body: str) -> str:
 
 
 def headline(scores: pd.DataFrame) -> str:
-    """One sentence per fine-tune: its average against the base model's, as measured."""
+    """Per protocol, one sentence: each fine-tune's average against the base model's."""
     average = with_average(scores)
-    average = average[average["level"] == "average"].set_index("model")
-    if "base" not in average.index:
-        return ""
-    base = average.loc["base"]
-    lines = [f"Average over all benchmarks: base {100 * base['acc']:.1f}%"]
-    for model in order_models(list(average.index)):
-        if model == "base":
+    average = average[average["level"] == "average"]
+    several = len(protocols_of(average)) > 1
+    sentences = []
+    for protocol in protocols_of(average):
+        part = average[average["protocol"] == protocol] if "protocol" in average else average
+        part = part.set_index("model")
+        if "base" not in part.index:
             continue
-        hit = average.loc[model]
-        delta = 100 * (hit["acc"] - base["acc"])
-        lines.append(f"{model} {100 * hit['acc']:.1f}% ({delta:+.1f} points)")
-    return "; ".join(lines) + "."
+        base = part.loc["base"]
+        lines = [f"base {100 * base['acc']:.1f}%"]
+        for model in order_models(list(part.index)):
+            if model != "base":
+                delta = 100 * (part.loc[model, "acc"] - base["acc"])
+                lines.append(f"{model} {100 * part.loc[model, 'acc']:.1f}% ({delta:+.1f} points)")
+        sentences.append(f"{f'`{protocol}`, a' if several else 'A'}verage over all benchmarks: "
+                         + "; ".join(lines) + ".")  # fmt: skip
+    return " ".join(sentences)
+
+
+PROTOCOL_WORDS = {
+    ("loglikelihood", "multiple_choice"): "the log-likelihood of each option after "
+    "lm-evaluation-harness's prompts (lettered tasks score the option letters)",
+    ("loglikelihood", "cloze"): "the log-likelihood of each option's text after the question "
+    "alone (cloze, as lm-eval's mmlu_continuation)",
+    ("generate", "multiple_choice"): "a greedy answer of up to {max_new_tokens} tokens to "
+    "lm-eval's prompts, the option it names parsed (an unparsed answer counts as wrong)",
+}
+"""How the report describes each (scoring, prompt_format) protocol."""
 
 
 def eval_settings(config: dict[str, Any]) -> str:
-    """One sentence on how the first run scored its benchmarks (shots, scoring, prompts)."""
-    ev = config.get("eval", {})
-    shots = int(ev.get("num_fewshot", 0))
-    how = {"loglikelihood": "log-likelihood of each option", "generate": "generated answers"}
-    prompts = {
-        "multiple_choice": "lm-evaluation-harness prompts (lettered tasks score the letters)",
-        "cloze": "cloze prompts (lettered tasks score each option's text, as lm-eval's "
-        "mmlu_continuation)",
-    }
-    return (
-        f"{'Zero' if shots == 0 else shots}-shot, "
-        f"{how.get(ev.get('scoring', 'loglikelihood'), ev.get('scoring'))}, "
-        f"{prompts.get(ev.get('prompt_format', 'multiple_choice'))}"
-        f"{', chat template' if ev.get('use_chat_template') else ''}."
-    )
+    """How the first run scored its benchmarks: shots, and each protocol in words."""
+    from med42ray.config import EvalConfig
+
+    ev = EvalConfig.model_validate(config.get("eval", {}))
+    chat = ", in the model's chat template (lm-eval's --apply_chat_template)"
+    words = [
+        f"`{p.label}`: "
+        + PROTOCOL_WORDS[(p.scoring, p.prompt_format)].format(max_new_tokens=ev.max_new_tokens)
+        + (chat if p.chat_template else "")
+        for p in ev.resolved_protocols()
+    ]
+    shots = "Zero" if ev.num_fewshot == 0 else str(ev.num_fewshot)
+    return f"{shots}-shot. Protocols: " + "; ".join(words) + "."
+
+
+GROUP_NOTE = (
+    " MMLU clinical and USMLE are given both ways: the unweighted mean of their members (the "
+    "paper's; standard error sqrt(sum se_i^2) / k) and the mean weighted by the members' item "
+    "counts (lm-eval's `weight_by_size`, as its `multimedqa` group aggregates; its pooled "
+    "standard error)."
+)
 
 
 def accuracy_sections(runs: list[Run], scores: pd.DataFrame, config: dict, out: Path) -> list[str]:
-    """The accuracy table (paper order), its bar chart and the USMLE-by-step table."""
-    models = order_models(list(dict.fromkeys(scores["model"])))
+    """The accuracy table (paper order, a column group per protocol), its bar chart and the
+    USMLE-by-step table."""
+    columns = column_order(scores)
     parts = [
         _section(
             "Accuracy (%, ± standard error)",
             eval_settings(config)
-            + " Group rows are unweighted means of their members.\n\n"
+            + GROUP_NOTE
+            + "\n\n"
             + to_markdown(accuracy_table(scores))
             + "\n\n"
             + headline(scores)
@@ -346,16 +441,45 @@ def accuracy_sections(runs: list[Run], scores: pd.DataFrame, config: dict, out: 
     order = {b: i for i, (b, _) in enumerate(PAPER_ROWS)}
     plot_scores = with_average(scores)
     plot_scores = plot_scores[plot_scores["benchmark"].isin(order)]
-    plot_scores = plot_scores.sort_values("benchmark", key=lambda b: b.map(order))
+    plot_scores = plot_scores.sort_values("benchmark", key=lambda b: b.map(order), kind="stable")
+    models = order_models(list(dict.fromkeys(scores["model"])))
     accuracy_bars(plot_scores, out / "accuracy.png", models, dict(PAPER_ROWS))
     steps = read_usmle_steps(runs)
     if len(steps):
+        steps = with_columns(steps)
         wide = steps.assign(cell=steps.apply(_cell, axis=1)).pivot_table(
-            index=["benchmark", "step"], columns="model", values="cell", aggfunc="first"
+            index=["benchmark", "step"], columns="column", values="cell", aggfunc="first"
         )
-        wide = wide[[m for m in models if m in wide.columns]].reset_index()
+        wide = wide[[c for c in columns if c in wide.columns]].reset_index()
         parts.append(_section("USMLE by step", to_markdown(wide)))
     return parts
+
+
+AGREEMENT_MEANING = (
+    "How often two protocols pick the same option for the same item: per benchmark and over "
+    "every item pooled, the share of items (%) where both predictions name the same option "
+    "(an unparsed generated answer agrees with nothing), for base / full / LoRA. Agreement "
+    "far above the accuracies means the protocols fail alike; near chance, they measure "
+    "different things."
+)
+
+
+def agreement_section(agreement: pd.DataFrame) -> str:
+    """The protocols' agreement per benchmark and model."""
+    models = " / ".join(order_models(list(dict.fromkeys(agreement["model"]))))
+    body = AGREEMENT_MEANING.replace("base / full / LoRA", models)
+    table = to_markdown(agreement_table(agreement))
+    return _section("Agreement between protocols", body + "\n\n" + table)
+
+
+def protocols_section(protocols: pd.DataFrame) -> str:
+    """Each protocol's settings and the engine time it took per model."""
+    return _section(
+        "Protocols",
+        "Compute: the engine's seconds on each protocol's requests (summed over actors and "
+        "batches; scored once, resumed parts included). Unparsed: generated answers that named "
+        "no option (counted wrong).\n\n" + to_markdown(protocols),
+    )
 
 
 CLEAN_MEANING = (
@@ -398,16 +522,21 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     counts, removed, decon = read_data(runs)
     provenance = read_provenance(runs)
     clean = read_clean_scores(runs)
+    agreement = read_agreement(runs)
+    protocols = read_protocols(runs)
 
     scores.to_csv(out / "accuracy.csv", index=False)
+    agreement.to_csv(out / "agreement.csv", index=False)
+    protocols.to_csv(out / "protocols.csv", index=False)
     costs.to_csv(out / "training.csv", index=False)
     history.to_csv(out / "loss_history.csv", index=False)
     counts.to_csv(out / "data.csv", index=False)
     removed.to_csv(out / "decontamination.csv", index=False)
     provenance.to_csv(out / "benchmarks.csv", index=False)
     numbers = all_numbers(with_average(scores), costs, counts, removed)
-    if len(clean):
-        numbers = pd.concat([numbers, clean_numbers(clean)], ignore_index=True)
+    extra = [clean_numbers(clean)] if len(clean) else []
+    extra += [agreement_numbers(agreement)] if len(agreement) else []
+    numbers = pd.concat([numbers, *extra], ignore_index=True)
     numbers.to_csv(out / "numbers.csv", index=False)
 
     first = yaml.safe_load((runs[0].folder / "config.yaml").read_text())
@@ -420,6 +549,10 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     )
     if len(scores):
         parts += accuracy_sections(runs, scores, first, out)
+    if len(agreement):
+        parts.append(agreement_section(agreement))
+    if len(protocols):
+        parts.append(protocols_section(protocols))
     if len(clean):
         parts.append(clean_section(clean))
     if len(costs):

@@ -48,25 +48,31 @@ def accuracy_bars(
     models: list[str],
     labels: dict[str, str] | None = None,
 ) -> Path:
-    """Grouped bars with standard-error whiskers: accuracy per benchmark, one bar per model.
+    """Grouped bars with standard-error whiskers: accuracy per benchmark, one bar per model,
+    one panel per protocol (`protocol` column; one panel without it).
 
     Benchmarks appear in the order of their first row in `scores`, named by `labels`.
     """
     plt = _pyplot()
     labels = labels or {}
     benchmarks = list(dict.fromkeys(scores["benchmark"]))
+    protocols = list(dict.fromkeys(scores["protocol"])) if "protocol" in scores else [""]
     width = 0.8 / max(len(models), 1)
-    fig, ax = plt.subplots(figsize=(min(16, max(7, 0.25 * len(benchmarks) * len(models))), 5))
-    for i, model in enumerate(models):
-        frame = scores[scores["model"] == model].set_index("benchmark").reindex(benchmarks)
-        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(benchmarks))]
-        ax.bar(xs, 100 * frame["acc"], width, yerr=100 * frame["stderr"], capsize=2, label=model)
+    size = (min(16, max(7, 0.25 * len(benchmarks) * len(models))), 1 + 4 * len(protocols))
+    fig, axes = plt.subplots(len(protocols), 1, figsize=size, sharex=True, squeeze=False)
+    for ax, protocol in zip(axes[:, 0], protocols, strict=True):
+        panel = scores[scores["protocol"] == protocol] if protocol else scores
+        for i, model in enumerate(models):
+            frame = panel[panel["model"] == model].set_index("benchmark").reindex(benchmarks)
+            xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(benchmarks))]
+            errors = 100 * frame["stderr"]
+            ax.bar(xs, 100 * frame["acc"], width, yerr=errors, capsize=2, label=model)
+        ax.set_ylabel(f"{protocol} accuracy (%)" if protocol else "accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
     names = [labels.get(b, b) for b in benchmarks]
-    ax.set_xticks(range(len(benchmarks)), names, rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
+    axes[-1, 0].set_xticks(range(len(benchmarks)), names, rotation=40, ha="right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,5 +1,5 @@
-"""The report's tables: accuracy in the paper's layout (all items, and the clean subset), and
-cost per strategy.
+"""The report's tables: accuracy in the paper's layout (all items, and the clean subset), one
+column per protocol and model, the agreement between protocols, and cost per strategy.
 
 Inputs are plain DataFrames read from the stages' outputs, so the report can be rebuilt from
 finished runs (`med42ray report RUN_DIR ...`) without rerunning anything.
@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from med42ray.benchmarks import title
-from med42ray.eval.metrics import mean_of_estimates
+from med42ray.eval.metrics import ALL_ITEMS, WEIGHTED, mean_of_estimates
 
 # The paper's row order (PAPER.md), then PubMedQA, HeadQA and the average over all benchmarks.
-# Group rows (MMLU clinical, USMLE) are the evaluation's own: unweighted means of their members.
-# Labels are the task YAMLs' `title`s.
+# Group rows (MMLU clinical, USMLE) are the evaluation's own: unweighted means of their members
+# (the paper's), each followed by its size-weighted mean (lm-eval's `weight_by_size`, as its
+# `multimedqa` group aggregates). Labels are the task YAMLs' `title`s.
 PAPER_ORDER = [
     "mmlu_clinical_knowledge",
     "mmlu_college_biology",
@@ -25,33 +26,71 @@ PAPER_ORDER = [
     "mmlu_professional_medicine",
     "mmlu_anatomy",
     "mmlu_clinical",
+    "mmlu_clinical" + WEIGHTED,
     "medmcqa",
     "medqa",
     "usmle_self_assessment",
     "usmle_sample_exam",
     "usmle",
+    "usmle" + WEIGHTED,
     "pubmedqa",
     "headqa",
 ]
 AVERAGE = "average"
+
+
+def row_title(name: str) -> str:
+    """A row's label: the task's or group's title; a group's size-weighted row says so."""
+    group = name.removesuffix(WEIGHTED)
+    if group == name:
+        return title(name)
+    return f"{title(group).split(',')[0]}, size-weighted (as lm-eval's multimedqa)"
+
+
 PAPER_ROWS: list[tuple[str, str]] = [
-    *((name, title(name)) for name in PAPER_ORDER),
+    *((name, row_title(name)) for name in PAPER_ORDER),
     (AVERAGE, "Average, all benchmarks"),
 ]
 MODEL_ORDER = ["base", "full", "lora"]
 
 
-def with_average(scores: pd.DataFrame) -> pd.DataFrame:
-    """Add, per model, the unweighted mean over its task-level benchmarks.
+def protocols_of(scores: pd.DataFrame) -> list[str]:
+    """The protocols in `scores` (a `protocol` column), in order of appearance."""
+    return list(dict.fromkeys(scores["protocol"])) if "protocol" in scores else [""]
 
-    `scores` has columns model, level ("task" or "group"), benchmark, acc, stderr, n; the
-    average's standard error combines the tasks' as independent estimates (as group rows do).
+
+def with_columns(scores: pd.DataFrame) -> pd.DataFrame:
+    """`scores` with `column`: the model, or `protocol: model` when there are several protocols
+    (the report's column groups: one per protocol, its models side by side)."""
+    several = len(protocols_of(scores)) > 1
+    column = scores["protocol"] + ": " + scores["model"] if several else scores["model"]
+    return scores.assign(column=column)
+
+
+def column_order(scores: pd.DataFrame) -> list[str]:
+    """The `column` labels protocol by protocol, each protocol's models in `order_models`."""
+    frame = with_columns(scores)
+    labels = []
+    for protocol in protocols_of(frame):
+        part = frame[frame["protocol"] == protocol] if "protocol" in frame else frame
+        by_model = dict(zip(part["model"], part["column"], strict=True))
+        labels += [by_model[m] for m in order_models(list(by_model))]
+    return labels
+
+
+def with_average(scores: pd.DataFrame) -> pd.DataFrame:
+    """Add, per model (and protocol), the unweighted mean over its task-level benchmarks.
+
+    `scores` has columns model, level ("task" or "group"), benchmark, acc, stderr, n (and
+    protocol); the average's standard error combines the tasks' as independent estimates (as
+    group rows do).
     """
+    keys = ["model", "protocol"] if "protocol" in scores else ["model"]
     rows = []
-    for model, frame in scores[scores["level"] == "task"].groupby("model", sort=False):
+    for key, frame in scores[scores["level"] == "task"].groupby(keys, sort=False):
         acc, stderr = mean_of_estimates(list(frame["acc"]), list(frame["stderr"]))
-        row = {"model": model, "level": "average", "benchmark": AVERAGE, "acc": acc}
-        rows.append({**row, "stderr": stderr, "n": int(frame["n"].sum())})
+        row = {**dict(zip(keys, key, strict=True)), "level": "average", "benchmark": AVERAGE}
+        rows.append({**row, "acc": acc, "stderr": stderr, "n": int(frame["n"].sum())})
     return pd.concat([scores, pd.DataFrame(rows)], ignore_index=True) if rows else scores
 
 
@@ -60,25 +99,30 @@ def order_models(models: Sequence[str]) -> list[str]:
     return known + sorted(m for m in models if m not in MODEL_ORDER)
 
 
+def ordered_benchmarks(names: Sequence[str]) -> list[str]:
+    """`names` in the paper's row order, the others after, sorted."""
+    known = dict(PAPER_ROWS)
+    return [b for b, _ in PAPER_ROWS if b in set(names)] + sorted(set(names) - set(known))
+
+
 def paper_table(
     scores: pd.DataFrame, cell: Callable[[pd.Series], str], with_n: bool = False
 ) -> pd.DataFrame:
     """Wide table: one row per benchmark in the paper's order (others after, sorted), one
-    `cell(row)` per model (`–` where a model has no score), and the item count when `with_n`."""
-    models = order_models(list(dict.fromkeys(scores["model"])))
+    `cell(row)` per protocol and model (`with_columns`; `–` where there is no score), and the
+    item count when `with_n`."""
+    columns = column_order(scores)
     known = dict(PAPER_ROWS)
-    benchmarks = [b for b, _ in PAPER_ROWS if b in set(scores["benchmark"])]
-    benchmarks += sorted(set(scores["benchmark"]) - set(known))
-    index = scores.set_index(["benchmark", "model"])
+    index = with_columns(scores).set_index(["benchmark", "column"])
     rows = []
-    for bench in benchmarks:
+    for bench in ordered_benchmarks(list(scores["benchmark"])):
         row = {"benchmark": known.get(bench, bench)}
-        for model in models:
-            row[model] = cell(index.loc[(bench, model)]) if (bench, model) in index.index else "–"
+        for col in columns:
+            row[col] = cell(index.loc[(bench, col)]) if (bench, col) in index.index else "–"
         if with_n:
             row["n"] = int(index.xs(bench, level="benchmark")["n"].max())
         rows.append(row)
-    return pd.DataFrame(rows, columns=["benchmark", *models, *(["n"] if with_n else [])])
+    return pd.DataFrame(rows, columns=["benchmark", *columns, *(["n"] if with_n else [])])
 
 
 def accuracy_table(scores: pd.DataFrame) -> pd.DataFrame:
@@ -104,6 +148,36 @@ def clean_table(scores: pd.DataFrame) -> pd.DataFrame:
         scores,
         lambda hit: f"{_pct_n(hit['acc'], hit['n'])} / {_pct_n(hit['acc_clean'], hit['n_clean'])}",
     )
+
+
+def agreement_table(agreement: pd.DataFrame) -> pd.DataFrame:
+    """Wide table: one row per benchmark in the paper's order, then every item pooled; one
+    column per pair of protocols, its cell the share of items (%) where the two pick the same
+    option, for each model in `order_models` (`base / full / lora`).
+
+    `agreement` has columns model, benchmark, protocol_a, protocol_b, n, agree."""
+    if not len(agreement):
+        return pd.DataFrame(columns=["benchmark"])
+    frame = agreement.assign(pair=agreement["protocol_a"] + " ~ " + agreement["protocol_b"])
+    models = order_models(list(dict.fromkeys(frame["model"])))
+    pairs = list(dict.fromkeys(frame["pair"]))
+    index = frame.set_index(["benchmark", "pair", "model"])
+    known = {**dict(PAPER_ROWS), ALL_ITEMS: "All benchmarks (items pooled)"}
+    names = [b for b in ordered_benchmarks(list(frame["benchmark"])) if b != ALL_ITEMS]
+    rows = []
+    for bench in [*names, ALL_ITEMS]:
+        row = {"benchmark": known.get(bench, bench)}
+        for pair in pairs:
+            cells = [
+                f"{100 * index.loc[(bench, pair, m), 'agree']:.0f}"
+                if (bench, pair, m) in index.index
+                else "–"
+                for m in models
+            ]
+            row[pair] = " / ".join(cells)
+        row["n"] = int(index.xs(bench, level="benchmark")["n"].max())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["benchmark", *pairs, "n"])
 
 
 def cost_table(train: pd.DataFrame) -> pd.DataFrame:
