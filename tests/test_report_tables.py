@@ -137,9 +137,21 @@ def test_cost_table_derives_share_and_device_hours() -> None:
                 "num_workers": 2,
                 "device": "CPU",
             },
+            {
+                "strategy": "full-8xH200",
+                "trainable_params": 1000,
+                "total_params": 1000,
+                "peak_memory_gb": 1.0,
+                "tokens_per_s": 150.0,
+                "wall_s": 1800.0,
+                "num_workers": 2,
+                "devices_per_worker": 8,
+                "device": "GPU",
+            },
         ]
     )
     table = cost_table(train).set_index("strategy")
+    assert table.loc["full-8xH200", "device-hours"] == "8.0 GPU-h"  # wall x workers x GPUs
     assert table.loc["full", "trainable %"] == 100.0
     assert table.loc["lora", "trainable %"] == pytest.approx(0.99)
     assert table.loc["full", "device-hours"] == "1.0 CPU-h"

@@ -2,9 +2,14 @@
 and a run on object storage only (S3: data, checkpoints, export; LoRA merged in a Ray task).
 
 The runs are shared between tests (module fixtures) and kept tiny: 6 optimiser steps of
-2 packed rows of 128 tokens per worker, constant learning rate so that a run cut at step 3 and
-resumed follows the same schedule as an uninterrupted one (the schedule's horizon is
-`max_steps`). Eight `fit()`s in all, two of them restarted after a worker dies.
+2 packed rows of 128 tokens per worker, as 2 accumulated micro-batches of one row (so label
+tokens fall unevenly across micro-batches and workers), constant learning rate so that a run
+cut at step 3 and resumed follows the same schedule as an uninterrupted one (the schedule's
+horizon is `max_steps`). Nine `fit()`s in all, two of them restarted after a worker dies.
+
+Backend parity (the field has seen one SFT recipe score 28.3 on MMLU under one backend and 41.4
+under another): DDP, ZeRO-2 and ZeRO-3 give the same loss and gradient-norm curves, for full
+fine-tuning and for LoRA, within `PARITY_RTOL`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ FIXTURE = Path(__file__).parent / "fixtures" / "train" / "chat.jsonl"
 STEPS = 6
 BASE = {
     "train.max_seq_len": 128,
-    "train.micro_batch_size": 2,
+    "train.micro_batch_size": 1,
+    "train.gradient_accumulation_steps": 2,
     "train.max_steps": STEPS,
     "train.schedule.name": "constant",
     "train.schedule.warmup_ratio": 0.0,
@@ -36,10 +42,19 @@ def config(**overrides):
     return small_config(overrides={**BASE, **overrides})
 
 
-def losses(result) -> list[float]:
+def curve(result, key: str = "loss") -> list[float]:
     rows = [json.loads(x) for x in result.metrics_path.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))
-    return [r["loss"] for r in rows]
+    return [r[key] for r in rows]
+
+
+def losses(result) -> list[float]:
+    return curve(result, "loss")
+
+
+#: DDP, ZeRO-2 and ZeRO-3 on the same data: loss and gradient-norm curves agree this closely
+#: (fp32 on CPU; the differences are summation order in the reductions)
+PARITY_RTOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +105,19 @@ def zero3_run(train):
     return train("zero3", config(**{"train.deepspeed.zero_stage": 3}))
 
 
+LORA = {"train.strategy": "lora", "train.optimizer.lr": 1e-2}
+
+
 @pytest.fixture(scope="module")
 def lora_run(train):
-    cfg = config(
-        **{
-            "train.strategy": "lora",
-            "train.deepspeed.zero_stage": 2,
-            "train.optimizer.lr": 1e-2,
-            "train.schedule.name": "cosine",
-            "train.schedule.warmup_ratio": 0.2,
-            "train.lora.merge_on_export": True,
-        }
-    )
+    """LoRA under ZeRO-2, merged on export."""
+    cfg = config(**LORA, **{"train.deepspeed.zero_stage": 2, "train.lora.merge_on_export": True})
     return train("lora", cfg)
+
+
+@pytest.fixture(scope="module")
+def lora_ddp_run(train):
+    return train("lora_ddp", config(**LORA, **{"train.deepspeed.enabled": False}))
 
 
 def generate(model, tokenizer) -> str:
@@ -127,11 +142,15 @@ def test_full_loss_decreases_and_metrics_are_reported(zero2_run):
         "samples_per_s",
         "step_time_s",
         "peak_memory_mb",
-        "padding_share",
         "grad_norm",
+        "model_tflops_per_s_per_device",
     ):
         assert all(r[key] > 0 for r in rows), key
-    assert all(r["padding_share"] < 0.1 for r in rows)
+    # packed micro-batches are flattened: the rows' padding tails are never computed
+    assert all(
+        r["padding_share"] == 0 and r["tokens_per_s"] == r["real_tokens_per_s"] for r in rows
+    )
+    assert 0 < zero2_run.state["data"]["packed_padding_share"] < 0.1
     assert [r["step"] for r in rows if "eval_loss" in r] == [3, 6]
     assert rows[-1]["eval_loss"] < rows[2]["eval_loss"]
     assert zero2_run.trainable_params == zero2_run.total_params > 0
@@ -168,10 +187,28 @@ def test_zero3_matches_ddp_and_gathers_the_full_weights(zero3_run, ddp_run):
         torch.testing.assert_close(z3[name], ref[name], atol=2e-4, rtol=1e-3, msg=name)
 
 
-def test_zero2_matches_ddp(zero2_run, ddp_run):
-    torch.testing.assert_close(
-        torch.tensor(losses(zero2_run)), torch.tensor(losses(ddp_run)), rtol=1e-3, atol=0
-    )
+def assert_same_curves(run, reference) -> None:
+    assert (run.state["engine"], reference.state["engine"]) == ("DeepSpeedEngine", "DDPEngine")
+    for key in ("loss", "grad_norm"):
+        torch.testing.assert_close(
+            torch.tensor(curve(run, key)),
+            torch.tensor(curve(reference, key)),
+            rtol=PARITY_RTOL,
+            atol=0,
+            msg=lambda m, key=key: f"{key}: {m}",
+        )
+
+
+def test_full_backends_agree(zero2_run, zero3_run, ddp_run):
+    """Full fine-tuning: ZeRO-2 and ZeRO-3 follow DDP's loss and gradient-norm curves."""
+    assert_same_curves(zero2_run, ddp_run)
+    assert_same_curves(zero3_run, ddp_run)
+
+
+def test_lora_backends_agree(lora_run, lora_zero3_run, lora_ddp_run):
+    """LoRA: ZeRO-2 and ZeRO-3 (the latter resumed at step 3) follow DDP's curves."""
+    assert_same_curves(lora_run, lora_ddp_run)
+    assert_same_curves(lora_zero3_run[1], lora_ddp_run)
 
 
 def test_resumed_and_recovered_run_equals_uninterrupted(resumed_runs, zero2_run):
@@ -200,9 +237,6 @@ def test_lora_trains_only_the_adapters(lora_run):
     lora_cfg = config(**{"train.strategy": "lora"}).train.lora
     assert lora_run.trainable_params == lora_parameter_count(base_cfg, lora_cfg)
     assert lora_run.total_params > 10 * lora_run.trainable_params
-    lrs = [json.loads(x)["lr"] for x in lora_run.metrics_path.read_text().splitlines()]
-    # ceil(0.2 * 6) = 2 warm-up steps, then cosine decay
-    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1e-2) and lrs[-1] < lrs[2]
 
 
 def test_lora_adapter_and_merged_model_load_and_agree(lora_run):
@@ -230,11 +264,10 @@ def lora_zero3_run(train, tmp_path_factory):
     to 6 steps that resumes from the step-3 checkpoint (the 70B LoRA recipe, in small)."""
     out = tmp_path_factory.mktemp("lora_zero3")
     settings = {
-        "train.strategy": "lora",
+        **LORA,
         # the whole section, not `train.deepspeed.zero_stage`: that dotted key would write
         # into conftest's shared SMALL dict (load_config does not copy it) for later tests
         "train.deepspeed": {"enabled": True, "zero_stage": 3},
-        "train.optimizer.lr": 1e-2,
         "train.lora.merge_on_export": True,
     }
     first = train("lora_zero3", config(**settings, **{"train.max_steps": 3}), out=out)

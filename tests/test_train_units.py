@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,7 +117,9 @@ def test_packed_row_boundaries_token_by_token(tokenizer):
     assert row.position_ids[offset:].tolist() == list(range(128 - offset))
     batch = collate([row], tokenizer.pad_token_id)
     assert "attention_mask" not in batch["inputs"]
-    assert batch["num_real_tokens"] == total and batch["num_tokens"] == 128
+    # flattened: the padding tail is not computed at all
+    assert batch["inputs"]["input_ids"].shape == (1, total)
+    assert batch["num_real_tokens"] == batch["num_tokens"] == total
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -143,6 +146,129 @@ def test_packed_forward_equals_each_sample_alone(tokenizer, model, attn):
             offset += n
     assert out.loss.item() == pytest.approx(total_loss / total_tokens, abs=1e-5)
     model.config._attn_implementation = "sdpa"
+
+
+def packed_rows(tokenizer, width: int = 48):
+    """The test chats packed into several rows (the last chat alone is 40 tokens long)."""
+    samples = [tokenize_chat(tokenizer, chat, width) for chat in CHATS[1:] * 3]
+    return samples, pack_samples(samples, width, tokenizer.pad_token_id)
+
+
+def test_packed_micro_batch_is_flattened_into_one_row(tokenizer):
+    """Several packed rows -> one row of their real tokens: per-sample position ids (which
+    transformers' mask builder reads as one sequence per sample) and, for flash kernels,
+    `cu_seq_lens` at the sample boundaries."""
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    samples, rows = packed_rows(tokenizer)
+    assert len(rows) > 1 and any(r.num_tokens < len(r.input_ids) for r in rows)
+    batch = collate(rows, tokenizer.pad_token_id)
+    inputs = batch["inputs"]
+    lengths = [len(samples[i]) for r in rows for i in _row_members(r, samples)]
+    assert inputs["input_ids"].shape == (1, sum(lengths)) == (1, batch["num_real_tokens"])
+    seq = find_packed_sequence_indices(inputs["position_ids"])[0]
+    assert torch.bincount(seq).tolist() == lengths  # one sequence per sample, in order
+    assert batch["attention_pairs"] == sum(n * n for n in lengths)
+    flash = collate(rows, tokenizer.pad_token_id, "flash_attention_2")["inputs"]
+    bounds = [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    assert flash["cu_seq_lens_q"].tolist() == flash["cu_seq_lens_k"].tolist() == bounds
+    assert flash["max_length_q"] == max(lengths)
+    assert "cu_seq_lens_q" not in inputs  # sdpa/eager take no varlen arguments
+
+
+def _row_members(row, samples) -> list[int]:
+    """Indices of `samples` in `row`, read back from its position ids (order of the row)."""
+    from med42ray.train.packing import sample_lengths
+
+    lengths = sample_lengths(row.position_ids[: row.num_tokens]).tolist()
+    out, start = [], 0
+    for n in lengths:
+        ids = row.input_ids[start : start + n].tolist()
+        out.append(next(i for i, s in enumerate(samples) if s.input_ids == ids))
+        start += n
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_flattened_batch_gives_each_sample_its_own_token_losses(tokenizer, model, attn):
+    """Per-token losses of the flattened micro-batch equal those of each sample alone."""
+    model.config._attn_implementation = attn
+    samples, rows = packed_rows(tokenizer)
+    inputs = collate(rows, tokenizer.pad_token_id)["inputs"]
+    try:
+        with torch.no_grad():
+            logits = model(**inputs, use_cache=False).logits[0]
+            offset = 0
+            for r in rows:
+                for i in _row_members(r, samples):
+                    ids = torch.tensor([samples[i].input_ids])
+                    alone = model(input_ids=ids, use_cache=False).logits[0]
+                    n = ids.shape[1]
+                    torch.testing.assert_close(
+                        logits[offset : offset + n], alone, atol=1e-5, rtol=1e-5
+                    )
+                    offset += n
+    finally:
+        model.config._attn_implementation = "sdpa"
+
+
+def test_guard_refuses_packed_rows_a_kernel_could_read_across(tokenizer):
+    from med42ray.train.packing import check_isolated
+
+    _, rows = packed_rows(tokenizer)
+    stacked = {  # the old layout: [B, L] packed rows, position ids, no mask
+        k: torch.from_numpy(np.stack([getattr(r, k) for r in rows[:2]]))
+        for k in ("input_ids", "labels", "position_ids")
+    }
+    for attn in ("flash_attention_2", "sdpa", "eager"):
+        with pytest.raises(ValueError, match="attend across samples"):
+            check_isolated(stacked, attn)
+        check_isolated(collate(rows, tokenizer.pad_token_id, attn)["inputs"], attn)
+    unpacked, _ = build_rows([tokenize_chat(tokenizer, c, 64) for c in CHATS], 64, 0, packing=False)
+    check_isolated(collate(unpacked, tokenizer.pad_token_id)["inputs"], "flash_attention_2")
+
+
+def test_step_loss_is_the_token_mean_over_uneven_micro_batches(tiny_config, tokenizer, model):
+    """One optimiser step over micro-batches with very different label-token counts (a short
+    answer, then long dialogues) moves the weights exactly as one big batch whose loss is
+    the token mean over all of them: the recipe's step through the DDP engine (SGD, lr 1)."""
+    import copy
+
+    from med42ray.train.engines import DDPEngine
+    from med42ray.train.recipe import FinetuneRecipe
+
+    samples = [tokenize_chat(tokenizer, chat, 128) for chat in (CHATS[2], CHATS[0], CHATS[1])]
+    rows = [pack_samples([s], 128, tokenizer.pad_token_id)[0] for s in samples]
+    micro = [collate([rows[0]], tokenizer.pad_token_id), collate(rows[1:], tokenizer.pad_token_id)]
+    counts = [b["num_label_tokens"] for b in micro]
+    assert max(counts) > 2.5 * min(counts)
+
+    net = copy.deepcopy(model).train()
+    engine = DDPEngine.__new__(DDPEngine)
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.max_grad_norm = 0.0
+    engine.cfg, engine.world, engine.precision, engine.accum, engine.micro = cfg, 1, "fp32", 2, 0
+    engine.module = engine.model = net
+    engine.device = torch.device("cpu")
+    engine.optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    engine.scheduler = torch.optim.lr_scheduler.LambdaLR(engine.optimizer, lambda _: 1.0)
+    recipe = FinetuneRecipe.__new__(FinetuneRecipe)
+    recipe.engine, recipe.device = engine, engine.device
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    sums = recipe._train_step(micro)
+
+    ref = copy.deepcopy(model).train()
+    whole = collate(rows, tokenizer.pad_token_id)["inputs"]
+    loss = ref(**whole, use_cache=False).loss  # token mean over the whole step
+    loss.backward()
+    assert sums["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    with torch.no_grad():  # what a mean of micro-batch means would have trained on instead
+        naive = sum(ref(**b["inputs"], use_cache=False).loss.item() for b in micro) / 2
+    assert abs(naive - loss.item()) > 0.01
+    assert sums["num_label_tokens"] == sum(counts)
+    for name, param in ref.named_parameters():
+        moved = before[name] - dict(net.named_parameters())[name].detach()
+        torch.testing.assert_close(moved, param.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_unpacked_batches_pad_per_batch(tokenizer):
@@ -190,6 +316,48 @@ def test_deepspeed_config_from_train_config(tiny_config):
     assert ds["optimizer"]["type"] == "AdamW" and params["torch_adam"] is True
     assert params["lr"] == train.optimizer.lr and params["betas"] == list(train.optimizer.betas)
     assert "scheduler" not in ds  # the schedule is the torch LambdaLR, shared with DDP
+
+
+def test_deepspeed_gpu_settings(tiny_config):
+    """On GPU: reduction overlapped with backward, buckets from the hidden size (the HF
+    Trainer's `auto`), torch's fused AdamW; none of it on CPU."""
+    from med42ray.config import DeepSpeedConfig
+
+    train = tiny_config.train.model_copy(update={"deepspeed": DeepSpeedConfig(zero_stage=3)})
+    gpu = build_deepspeed_config(train, 8, "bf16", on_gpu=True, hidden_size=4096)
+    zero = gpu["zero_optimization"]
+    assert zero["overlap_comm"] is True and zero["reduce_bucket_size"] == 4096**2
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 4096**2)
+    assert zero["stage3_param_persistence_threshold"] == 40960
+    assert gpu["optimizer"]["params"]["fused"] is True
+    cpu = build_deepspeed_config(train, 8, "bf16")
+    assert cpu["zero_optimization"]["overlap_comm"] is False
+    assert "fused" not in cpu["optimizer"]["params"]
+
+
+def test_mfu_counts_lora_backward_and_attention_per_sample(tiny_config, model):
+    """Full: 6N per token; LoRA: 4N + 2·N_trainable; attention per sample, not per row."""
+    from med42ray.train.metrics import ModelFlops, device_peak_flops, mfu
+
+    full = ModelFlops.of(model, trainable_params=sum(p.numel() for p in model.parameters()))
+    n, cfg = full.matmul_params, model.config
+    assert n == sum(p.numel() for p in model.parameters()) - (
+        0 if cfg.tie_word_embeddings else model.get_input_embeddings().weight.numel()
+    )
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    attn = 6 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * (100**2 + 20**2)
+    assert full.step_flops(120, 100**2 + 20**2) == pytest.approx(6 * n * 120 + attn, rel=1e-6)
+    embedding = model.get_input_embeddings().weight
+    embedding.requires_grad_(False)  # as under LoRA: frozen
+    try:
+        lora = ModelFlops.of(model, trainable_params=1000)
+    finally:
+        embedding.requires_grad_(True)
+    assert lora.step_flops(120, 0) == pytest.approx((4 * n + 2 * 1000) * 120)
+    assert device_peak_flops("NVIDIA H200", "bf16") == 989e12
+    assert device_peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert device_peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12
+    assert mfu(494.5e12, 989e12) == pytest.approx(0.5) and mfu(1.0, None) is None
 
 
 def test_deepspeed_zero3_offload(tiny_config):

@@ -187,6 +187,11 @@ def read_usmle_steps(runs: list[Run]) -> pd.DataFrame:
 USMLE = set(task_groups().get("usmle", []))
 
 
+def devices_per_worker(resources: dict) -> float:
+    """GPUs each training worker held (`gpus_per_worker`), or 1 for a CPU worker."""
+    return float(resources.get("gpus_per_worker", 1)) if resources["use_gpu"] else 1.0
+
+
 def read_training(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row of cost figures per trained model, per-step loss history of each)."""
     costs, histories = [], []
@@ -208,6 +213,7 @@ def read_training(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
                     "tokens_per_s": real_tokens / float(steps["step_time_s"].sum()),
                     "wall_s": float(result["wall_time_s"]),
                     "num_workers": int(resources["num_workers"]),
+                    "devices_per_worker": devices_per_worker(resources),
                     "device": "GPU" if resources["use_gpu"] else "CPU",
                     "steps": int(steps["step"].max()),
                     "final_loss": float(steps["loss"].iloc[-1]),
@@ -394,6 +400,9 @@ PROTOCOL_WORDS = {
     "alone (cloze, as lm-eval's mmlu_continuation)",
     ("generate", "multiple_choice"): "a greedy answer of up to {max_new_tokens} tokens to "
     "lm-eval's prompts, the option it names parsed (an unparsed answer counts as wrong)",
+    ("generate", "cot"): "zero-shot chain of thought: every option listed, up to "
+    "{max_new_tokens} tokens of reasoning ending in 'the answer is (X)' (lm-eval's mmlu_pro "
+    "prompt), the last answer it gives parsed (an unparsed answer counts as wrong)",
 }
 """How the report describes each (scoring, prompt_format) protocol."""
 
@@ -560,7 +569,7 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
             _section(
                 "Training cost per strategy",
                 "Throughput counts non-padding tokens over all workers; device-hours are wall "
-                "time x workers.\n\n"
+                "time x workers x devices per worker (GPUs; 1 for a CPU worker).\n\n"
                 + to_markdown(cost_table(costs))
                 + "\n\n![loss curves](loss_curves.png)",
             )

@@ -184,7 +184,8 @@ def cost_table(train: pd.DataFrame) -> pd.DataFrame:
     """Per strategy: trainable/total parameters, peak memory, throughput, time, device-hours.
 
     `train` has columns strategy, trainable_params, total_params, peak_memory_gb,
-    tokens_per_s, wall_s, num_workers, device ("GPU" or "CPU").
+    tokens_per_s, wall_s, num_workers, device ("GPU" or "CPU") and optionally
+    devices_per_worker (GPUs per worker; 1 when absent).
     """
     out = pd.DataFrame(
         {
@@ -196,7 +197,8 @@ def cost_table(train: pd.DataFrame) -> pd.DataFrame:
             "wall time (s)": train["wall_s"].round(1),
         }
     )
-    hours = (train["wall_s"] * train["num_workers"] / 3600).round(4)
+    per_worker = train["devices_per_worker"].fillna(1) if "devices_per_worker" in train else 1
+    hours = (train["wall_s"] * train["num_workers"] * per_worker / 3600).round(4)
     out["device-hours"] = [f"{h} {d}-h" for h, d in zip(hours, train["device"], strict=True)]
     return out
 

@@ -1,7 +1,13 @@
 """The DeepSpeed config dict, generated from `train` and overridden by a user JSON.
 
 Generated keys: batch sizes, gradient clipping, precision, ZeRO stage and offload, and an AdamW
-optimiser. The learning-rate schedule stays on the torch side (a `LambdaLR` handed to
+optimiser. On GPU the settings the field's trainers use (the HF Trainer's `auto` values,
+Axolotl's and OpenRLHF's ZeRO configs): `overlap_comm` (gradient reduction overlapped with the
+backward pass), buckets sized from the model's hidden size, and torch's fused AdamW kernel
+(`fused: true`; DeepSpeed's own FusedAdam would need a JIT-compiled CUDA op). On CPU
+`overlap_comm` stays off: it rides on CUDA streams.
+
+The learning-rate schedule stays on the torch side (a `LambdaLR` handed to
 `deepspeed.initialize`), so DDP and DeepSpeed runs follow the very same schedule, unless the
 user JSON names its own `scheduler`. A JSON at `train.deepspeed.config_path` is deep-merged on
 top: its keys win, nested sections merge key by key.
@@ -29,15 +35,35 @@ def load_user_config(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def build_deepspeed_config(train: TrainConfig, world_size: int, precision: str) -> dict[str, Any]:
-    """The DeepSpeed dict for `train` on `world_size` workers at `precision` (fp32/bf16/fp16)."""
+def zero_buckets(stage: int, hidden_size: int | None) -> dict[str, Any]:
+    """Bucket sizes as the HF Trainer's `auto` sets them from the hidden size: reduce buckets
+    of hidden², ZeRO-3 prefetch of 0.9·hidden² and parameters under 10·hidden kept whole."""
+    if not hidden_size:
+        return {"reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8}
+    square = hidden_size * hidden_size
+    buckets: dict[str, Any] = {"reduce_bucket_size": square, "allgather_bucket_size": square}
+    if stage == 3:
+        buckets["stage3_prefetch_bucket_size"] = int(0.9 * square)
+        buckets["stage3_param_persistence_threshold"] = 10 * hidden_size
+    return buckets
+
+
+def build_deepspeed_config(
+    train: TrainConfig,
+    world_size: int,
+    precision: str,
+    on_gpu: bool = False,
+    hidden_size: int | None = None,
+) -> dict[str, Any]:
+    """The DeepSpeed dict for `train` on `world_size` workers at `precision` (fp32/bf16/fp16),
+    with the GPU settings (module doc) when `on_gpu`; `hidden_size` sizes the buckets."""
     ds = train.deepspeed
     opt = train.optimizer
     zero: dict[str, Any] = {
         "stage": ds.zero_stage,
         "contiguous_gradients": True,
-        "overlap_comm": False,
-        "reduce_bucket_size": 5e8,
+        "overlap_comm": on_gpu and ds.zero_stage >= 2,
+        **zero_buckets(ds.zero_stage, hidden_size if on_gpu else None),
     }
     if ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -62,6 +88,7 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, precision: str) 
                 "weight_decay": opt.weight_decay,
                 # torch's AdamW needs no compiled op; offloaded optimisers use DeepSpeed's CPUAdam
                 "torch_adam": not ds.offload_optimizer,
+                **({"fused": True} if on_gpu and not ds.offload_optimizer else {}),
             },
         },
         "steps_per_print": 2**31 - 1,

@@ -2,10 +2,19 @@
 
 `DeepSpeedEngine` (ZeRO stage 0-3, optional CPU offload) and `DDPEngine` (Ray Train's
 `prepare_model`, torch AdamW; the reference) offer the same small interface, so the recipe's one
-loop drives either: `loss = engine.forward(batch)`, `engine.backward(loss)`, `engine.step()`
-once per micro-batch (the optimiser steps on the accumulation boundary), `save`/`load` for
+loop drives either: `loss = engine.forward(batch, step_tokens)`, `engine.backward(loss)`,
+`engine.step()` once per micro-batch (the optimiser steps on the accumulation boundary),
+`save`/`load` for
 checkpoints, `checkpoint_files` for the part of a checkpoint one rank needs to resume, and
 `state_dict_for_export` for the final weights.
+
+The loss is token-exact over the whole optimiser step: `forward(inputs, step_tokens)` returns
+this micro-batch's summed token losses over the label tokens of the WHOLE step (all
+micro-batches of all workers; transformers' `num_items_in_batch`), so the shares add up to the
+step's token mean. Each engine's `backward` undoes the averaging its data parallelism applies
+(DDP: over workers; DeepSpeed: over workers and accumulation steps), so the gradient is that of
+the step's token mean, however unevenly label tokens fall across micro-batches and workers
+(the gradient-accumulation bias the HF Trainer, TRL and torchtune fixed the same way).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import torch
 from med42ray.config import ExperimentConfig
 from med42ray.train.deepspeed_config import build_deepspeed_config
 from med42ray.train.optim import build_optimizer, build_scheduler, lr_lambda
+from med42ray.train.packing import check_isolated
 from med42ray.train.strategies import Strategy
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,11 +57,25 @@ class TrainingEngine(ABC):
     def wrap(self, model: torch.nn.Module, total_steps: int) -> None: ...
 
     # --- one micro-batch ------------------------------------------------------------------
-    @abstractmethod
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor: ...
+    def forward(
+        self, inputs: dict[str, torch.Tensor], step_tokens: float | None = None
+    ) -> torch.Tensor:
+        """The loss of one micro-batch: its share of the step's token mean when `step_tokens`
+        (label tokens of the whole step, all workers) is given, else its own token mean.
+        Refuses a packed layout that a kernel could read across samples (`check_isolated`)."""
+        check_isolated(inputs, getattr(self.module.config, "_attn_implementation", None))
+        extra = {}
+        if step_tokens is not None:
+            extra["num_items_in_batch"] = torch.tensor(step_tokens, device=self.device)
+        with self._autocast():
+            return self.model(**inputs, **extra, use_cache=False).loss
+
+    def _autocast(self):
+        return contextlib.nullcontext()
 
     @abstractmethod
-    def backward(self, loss: torch.Tensor) -> None: ...
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of a micro-batch's share of the step loss (`forward` with `step_tokens`)."""
 
     @abstractmethod
     def step(self) -> bool:
@@ -103,23 +127,22 @@ class DDPEngine(TrainingEngine):
             raise ValueError("fp16 training needs DeepSpeed (train.deepspeed.enabled: true)")
         self.module = model
         self.model = ray.train.torch.prepare_model(model, parallel_strategy="ddp")
-        self.optimizer = build_optimizer(model.parameters(), self.cfg.train.optimizer)
+        self.device = next(model.parameters()).device
+        self.optimizer = build_optimizer(
+            model.parameters(), self.cfg.train.optimizer, fused=self.device.type == "cuda"
+        )
         self.scheduler = build_scheduler(self.optimizer, self.cfg.train.schedule, total_steps)
         self.accum = self.cfg.train.gradient_accumulation_steps
         self.micro = 0
         self._grad_norm = None
-        self.device = next(model.parameters()).device
 
     def _autocast(self):
         if self.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def forward(self, inputs):
-        with self._autocast():
-            return self.model(**inputs, use_cache=False).loss
-
     def backward(self, loss):
+        """DDP averages gradients over the workers: scale the share back up by the world."""
         boundary = (self.micro + 1) % self.accum == 0
         sync = (
             contextlib.nullcontext()
@@ -127,7 +150,7 @@ class DDPEngine(TrainingEngine):
             else getattr(self.model, "no_sync", contextlib.nullcontext)()
         )
         with sync:
-            (loss / self.accum).backward()
+            (loss * self.world).backward()
 
     def step(self):
         self.micro += 1
@@ -196,6 +219,14 @@ def skip_inference_comm_op() -> None:
         ds_torch.build_shm_op = lambda: None
 
 
+def model_hidden_size(model_path: str) -> int | None:
+    """The model's hidden size from its config (sizes DeepSpeed's buckets), if it has one."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    return getattr(config.get_text_config(), "hidden_size", None)
+
+
 class DeepSpeedEngine(TrainingEngine):
     """DeepSpeed ZeRO: the config dict is generated (+ user JSON), the schedule is torch's."""
 
@@ -203,7 +234,9 @@ class DeepSpeedEngine(TrainingEngine):
 
     def __init__(self, cfg, strategy, precision, world):
         super().__init__(cfg, strategy, precision, world)
-        self.ds_config = build_deepspeed_config(cfg.train, world, precision)
+        on_gpu = cfg.resources.use_gpu and torch.cuda.is_available()
+        hidden = model_hidden_size(strategy.model_path) if on_gpu else None
+        self.ds_config = build_deepspeed_config(cfg.train, world, precision, on_gpu, hidden)
         self.stage = int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
         self._hf_ds_config = None
 
@@ -242,12 +275,12 @@ class DeepSpeedEngine(TrainingEngine):
             lr_scheduler=scheduler,
         )
         self.device = self.engine.device
-
-    def forward(self, inputs):
-        return self.engine(**inputs, use_cache=False).loss
+        self.model = self.engine
 
     def backward(self, loss):
-        self.engine.backward(loss)
+        """DeepSpeed averages gradients over the workers (and, unless told not to, divides
+        the loss by the accumulation steps): scale the share back up by the world only."""
+        self.engine.backward(loss * self.world, scale_wrt_gas=False)
 
     def step(self):
         boundary = self.engine.is_gradient_accumulation_boundary()

@@ -49,8 +49,9 @@ def build_scheduler(optimizer, schedule: ScheduleConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(schedule, total_steps))
 
 
-def build_optimizer(params: Iterable, cfg: OptimizerConfig):
-    """Torch AdamW over the trainable parameters (the DDP path and the reference)."""
+def build_optimizer(params: Iterable, cfg: OptimizerConfig, fused: bool = False):
+    """Torch AdamW over the trainable parameters (the DDP path and the reference); `fused`
+    (GPU) runs the whole update as one CUDA kernel per parameter group."""
     import torch
 
     return torch.optim.AdamW(
@@ -59,4 +60,5 @@ def build_optimizer(params: Iterable, cfg: OptimizerConfig):
         betas=tuple(cfg.betas),
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
+        fused=fused or None,
     )

@@ -42,7 +42,7 @@ from med42ray.train.checkpoint import (
 )
 from med42ray.train.data import RowSchedule, build_schedule, shard_samples
 from med42ray.train.engines import build_engine
-from med42ray.train.metrics import mfu, peak_flops, peak_memory_mb
+from med42ray.train.metrics import ModelFlops, mfu, peak_flops, peak_memory_mb
 from med42ray.train.optim import resolve_precision
 from med42ray.train.packing import Row, collate
 from med42ray.train.strategies import build_strategy, count_parameters
@@ -186,7 +186,8 @@ class FinetuneRecipe:
         laps("model")
         self.engine.wrap(model, self.total_steps)
         laps("wrap")
-        self.peak_flops = peak_flops(self.use_gpu)
+        self.peak_flops = peak_flops(self.use_gpu, self.precision)
+        self.flops = ModelFlops.of(self.engine.module, self.trainable_params)
         self._resume()
         laps("resume")
         if self.rank == 0:
@@ -278,12 +279,28 @@ class FinetuneRecipe:
             set_rng_state(torch.load(rng_path, weights_only=False))
 
     # ----------------------------------------------------------------------------- train
-    def _micro_batches(self, rows: list[Row]):
+    def _micro_batches(self, rows: list[Row]) -> list[dict[str, Any]]:
+        """The step's rows as collated micro-batches on this worker's device."""
         mb = self.cfg.train.micro_batch_size
+        attn = getattr(self.engine.module.config, "_attn_implementation", None)
+        batches = []
         for start in range(0, len(rows), mb):
-            batch = collate(rows[start : start + mb], self.pad_id)
-            batch["inputs"] = {k: v.to(self.device) for k, v in batch["inputs"].items()}
-            yield batch
+            batch = collate(rows[start : start + mb], self.pad_id, attn)
+            batch["inputs"] = {
+                k: v.to(self.device) if torch.is_tensor(v) else v
+                for k, v in batch["inputs"].items()
+            }
+            batches.append(batch)
+        return batches
+
+    #: per-micro-batch counts summed over the step and the workers (`_step_metrics`)
+    STEP_SUMS = (
+        "num_tokens",
+        "num_real_tokens",
+        "num_label_tokens",
+        "num_samples",
+        "attention_pairs",
+    )
 
     def train(self) -> None:
         t = self.cfg.train
@@ -293,20 +310,7 @@ class FinetuneRecipe:
             _, rows = next(steps)
             lr = self.engine.lr
             start, cpu_start = time.perf_counter(), time.process_time()
-            sums = np.zeros(6)
-            for batch in self._micro_batches(rows):
-                loss = self.engine.forward(batch["inputs"])
-                self.engine.backward(loss)
-                self.engine.step()
-                sums += [
-                    loss.item(),
-                    1,
-                    batch["num_tokens"],
-                    batch["num_real_tokens"],
-                    batch["num_label_tokens"],
-                    batch["num_samples"],
-                ]
-            sums = all_reduce(sums.tolist(), self.device)
+            sums = self._train_step(self._micro_batches(rows))
             self.step += 1
             metrics = self._step_metrics(sums, lr, time.perf_counter() - start)
             metrics["cpu_time_s"] = time.process_time() - cpu_start  # this worker, all threads
@@ -322,25 +326,44 @@ class FinetuneRecipe:
 
                 ray.train.report(metrics)
 
-    def _step_metrics(self, sums: list[float], lr: float, seconds: float) -> dict[str, Any]:
-        loss_sum, micro, tokens, real, labels, samples = sums
+    def _train_step(self, batches: list[dict[str, Any]]) -> dict[str, float]:
+        """One optimiser step over this worker's micro-batches, the loss normalised by the
+        label tokens of the whole step on all workers (one all-reduce of one number before
+        the first forward; see `med42ray.train.engines`). Returns the step's sums over all
+        workers: `loss` (the step's token mean) and the `STEP_SUMS` counts."""
+        local = sum(b["num_label_tokens"] for b in batches)
+        (step_tokens,) = all_reduce([local], self.device)
+        loss_share = 0.0
+        for batch in batches:
+            loss = self.engine.forward(batch["inputs"], max(step_tokens, 1.0))
+            self.engine.backward(loss)
+            self.engine.step()
+            loss_share += loss.item()
+        counts = [sum(b[k] for b in batches) for k in self.STEP_SUMS]
+        totals = all_reduce([loss_share, *counts], self.device)
+        return dict(zip(("loss", *self.STEP_SUMS), totals, strict=True))
+
+    def _step_metrics(self, sums: dict[str, float], lr: float, seconds: float) -> dict[str, Any]:
+        tokens, real = sums["num_tokens"], sums["num_real_tokens"]
         metrics = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
-            "loss": loss_sum / micro,
+            "loss": sums["loss"],
             "lr": lr,
             "grad_norm": self.engine.grad_norm,
             "step_time_s": seconds,
             "tokens_per_s": tokens / seconds,
             "real_tokens_per_s": real / seconds,
-            "samples_per_s": samples / seconds,
-            "label_tokens": int(labels),
+            "samples_per_s": sums["num_samples"] / seconds,
+            "label_tokens": int(sums["num_label_tokens"]),
             "padding_share": 1 - real / tokens if tokens else 0.0,
             "peak_memory_mb": peak_memory_mb(self.use_gpu),
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
         }
-        utilisation = mfu(self.total_params, tokens / seconds / self.world, self.peak_flops)
+        flops = self.flops.step_flops(real, sums["attention_pairs"])
+        metrics["model_tflops_per_s_per_device"] = flops / seconds / self.world / 1e12
+        utilisation = mfu(flops / seconds / self.world, self.peak_flops)
         if utilisation is not None:
             metrics["mfu"] = utilisation
         if self.rank == 0 and self.step % self.cfg.train.log_every == 0:
@@ -379,7 +402,7 @@ class FinetuneRecipe:
         total = [0.0, 0.0]
         for i in range(int(batches)):
             rows = self.eval_rows[i * mb : (i + 1) * mb]
-            batch = next(self._micro_batches(rows or filler))
+            (batch,) = self._micro_batches(rows or filler)
             loss = self.engine.forward(batch["inputs"])
             if rows:  # fillers only keep ZeRO-3's collective forwards in step
                 total[0] += loss.item() * batch["num_label_tokens"]

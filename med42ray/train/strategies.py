@@ -7,6 +7,7 @@ loop never asks which strategy it runs.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ from med42ray.models import load_model
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
 
 
 def param_numel(param) -> int:
@@ -56,6 +59,23 @@ def lora_parameter_count(model_config, lora: LoraConfig) -> int:
     return per_layer * model_config.num_hidden_layers
 
 
+def use_liger(setting: bool | str, use_gpu: bool) -> bool:
+    """Whether to patch the model with Liger kernels (`model.liger_kernel`): they are Triton
+    (CUDA) kernels, so never without a GPU; `auto` also needs `liger-kernel` installed."""
+    import importlib.util
+
+    import torch
+
+    cuda = use_gpu and torch.cuda.is_available()
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if setting is True and not (cuda and installed):
+        missing = "a CUDA GPU" if not cuda else "liger-kernel (pip install 'med42ray[gpu]')"
+        raise RuntimeError(f"model.liger_kernel: true needs {missing}")
+    if setting == "auto" and cuda and not installed:
+        log.warning("liger-kernel is not installed: training without its fused kernels")
+    return bool(setting) and cuda and installed
+
+
 class Strategy(ABC):
     """How the model is built, which parameters train, and how it is saved."""
 
@@ -72,6 +92,10 @@ class Strategy(ABC):
         model_cfg = self.cfg.model.model_copy(update={"dtype": dtype_name})
         model = load_model(model_cfg, self.model_path, use_gpu=use_gpu)
         model.config.use_cache = False
+        if use_liger(self.cfg.model.liger_kernel, use_gpu):
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+            _apply_liger_kernel_to_instance(model=model)
         if self.cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}

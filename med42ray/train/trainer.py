@@ -78,6 +78,7 @@ class TrainResult:
     state: dict[str, Any] = field(default_factory=dict)
     merge_check: dict[str, Any] | None = None  # LoRA merged after training (`train.merge`)
     transfers: dict[str, Any] = field(default_factory=dict)
+    device_hours: float = 0.0  # wall x workers x devices per worker (GPUs, or 1 on CPU)
 
     def weights_to_score(self) -> tuple[Location | None, Location | None]:
         """(model, adapter) an evaluation loads (`Exported.weights_to_score`)."""
@@ -107,6 +108,13 @@ def worker_resources(res: ResourcesConfig) -> dict[str, float]:
     if res.accelerator_resource:
         need[res.accelerator_resource] = res.gpus_per_worker if res.use_gpu else 1
     return need
+
+
+def device_hours(res: ResourcesConfig, wall_s: float) -> float:
+    """Device-hours a run held: wall time x workers x GPUs per worker (one CPU worker counts
+    as one device)."""
+    per_worker = res.gpus_per_worker if res.use_gpu else 1
+    return wall_s * res.num_workers * per_worker / 3600
 
 
 def export_location(export_to: Location | None, out: Path) -> str:
@@ -301,6 +309,7 @@ def run_training(
     transfers["driver"] = {k: after[k] - before[k] for k in after}
     if merged:
         transfers["merge"] = merged["transfers"]
+    wall = time.perf_counter() - started
     outcome = TrainResult(
         model_dir=exported.model,
         adapter_dir=exported.adapter,
@@ -308,12 +317,13 @@ def run_training(
         final_metrics=dict(result.metrics or {}),
         trainable_params=state["trainable_params"],
         total_params=state["total_params"],
-        wall_time_s=time.perf_counter() - started,
+        wall_time_s=wall,
         checkpoint_path=checkpoint_location(result.checkpoint),
         run_dir=filesystem_location(result.filesystem, result.path),
         state=state,
         merge_check=merged and merged["check"],
         transfers=transfers,
+        device_hours=device_hours(cfg.resources, wall),
     )
     (out / "train_result.json").write_text(json.dumps(outcome.to_json(), indent=2))
     return outcome
