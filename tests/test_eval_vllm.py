@@ -2,7 +2,9 @@
 
 One vLLM engine for the whole module, built with LoRA enabled, so it scores the base model (no
 adapter request) and the adapter. On CPU its engine core runs in-process: a few seconds to start
-instead of ~30 s.
+instead of ~30 s. vLLM is imported plainly: a broken install fails here, it never skips.
+(The engine without LoRA, prompt logprobs on the prefix cache, runs end to end through
+`run_eval` in `test_eval_vllm_run.py`.)
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import vllm  # noqa: F401 - imported, not skipped: a broken vLLM fails CI
 
 from med42ray.benchmarks import load_benchmark, load_task
 from med42ray.eval.metrics import predict
 from med42ray.eval.prompts import PromptFormat
 
-pytest.importorskip("vllm")
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 
 
@@ -122,3 +124,63 @@ def test_vllm_serves_lora_adapter(vllm_engine, tiny_config, tiny_model_path, eva
     # and it is the adapter PEFT applies in Transformers (unmerged in both)
     hf = HFEngine(str(tiny_model_path), tiny_config.model, eval_cfg, adapter=str(adapter))
     assert tuned == pytest.approx(hf.loglikelihood(requests), abs=1e-3)
+
+
+def spy_generate(engine) -> list[tuple[int, object]]:
+    """Record each `llm.generate` call of `engine`: (number of prompts, its LoRA request)."""
+    calls: list[tuple[int, object]] = []
+    real = engine.llm.generate
+
+    def generate(prompts, *args, **kwargs):
+        calls.append((len(prompts), kwargs.get("lora_request")))
+        return real(prompts, *args, **kwargs)
+
+    engine.llm.generate = generate
+    return calls
+
+
+def test_one_prefill_per_question_in_one_call(vllm_engine):
+    """Lettered options: one prompt per question, the whole batch in one `generate`, the adapter
+    as its one LoRA request; option texts add one call for their other tokens."""
+    engine, lora = vllm_engine
+    fmt = PromptFormat(load_task("medqa"))
+    items = load_benchmark("medqa", str(FIX / "medqa.jsonl"))
+    prompts = [fmt.render(i) for i in items]
+    requests = [(p.context, c) for p in prompts for c in p.continuations]
+    calls = spy_generate(engine)
+    try:
+        engine.lora = lora
+        engine.loglikelihood(requests)
+        assert calls == [(len(prompts), lora)]  # 4 options each, one prefill each
+        calls.clear()
+        texts = [
+            (p.context, " " + c) for p, i in zip(prompts, items, strict=True) for c in i.choices
+        ]
+        engine.loglikelihood(texts)
+        assert len(calls) == 2 and calls[0] == (len(prompts), lora)
+    finally:
+        engine.lora = None
+        del engine.llm.generate
+
+
+def test_tail_rescored_when_the_cache_covers_it(vllm_engine, tiny_config, tiny_model_path,
+                                                eval_cfg):  # fmt: skip
+    """A continuation whose own blocks are already cached (scored before) has no prompt
+    logprobs for them: scored again without reading the cache, to the same sum."""
+    from med42ray.eval.engines import HFEngine
+
+    engine, _ = vllm_engine
+    prefix, cont = tuple(range(10, 20)), [(7 * i) % 1500 + 30 for i in range(140)]
+    hf = HFEngine(str(tiny_model_path), tiny_config.model, eval_cfg)
+    want = (
+        hf.loglikelihood_tokens([(prefix, cont)])[0]
+        - hf.loglikelihood_tokens([(prefix, cont[:1])])[0]
+    )
+    calls = spy_generate(engine)
+    try:
+        first = engine._tail_logprobs([(prefix, cont)])  # one request: LoRA engine can
+        again = engine._tail_logprobs([(prefix, cont)])
+    finally:
+        del engine.llm.generate
+    assert [n for n, _ in calls] == [1, 1, 1]  # the second read the cache, then did not
+    assert first == pytest.approx([want], abs=1e-3) and again == pytest.approx(first, abs=1e-4)

@@ -254,7 +254,8 @@ def vllm_engine_kwargs(
     """Arguments of ``vllm.LLM`` (and of ray.data.llm's ``engine_kwargs``) for engine `index`.
 
     Tensor parallelism runs in-process for one shard (``uni``) and on Ray workers otherwise;
-    each engine gets its own seed (``eval.seed + index``); LoRA adapters are served unmerged.
+    each engine gets its own seed (``eval.seed + index``); LoRA adapters are served unmerged;
+    prefix caching on (the options of a question share its prefill); safetensors weights only.
     """
     tp = eval_cfg.tensor_parallel_size
     kwargs: dict[str, Any] = {
@@ -266,6 +267,10 @@ def vllm_engine_kwargs(
         "distributed_executor_backend": "uni" if tp == 1 else "ray",
         "seed": eval_cfg.seed + index,
         "trust_remote_code": model_cfg.trust_remote_code,
+        # the options of a question re-read its prefix from the cache (VLLMEngine)
+        "enable_prefix_caching": True,
+        # never the pickled .bin files vLLM falls back to when both are there
+        "load_format": "safetensors",
     }
     if model_cfg.revision:
         kwargs["revision"] = model_cfg.revision
@@ -277,7 +282,19 @@ def vllm_engine_kwargs(
 
 
 class VLLMEngine(InferenceEngine):
-    """vLLM: log-likelihoods from ``prompt_logprobs``, greedy generation, LoRA unmerged."""
+    """vLLM: one prefill per question, greedy generation, LoRA served unmerged.
+
+    The options of a question are continuations of one shared prefix. :meth:`loglikelihood_tokens`
+    prefills each distinct prefix once and reads the first token of every option at its one
+    sampled position (``logprob_token_ids``: a lettered question costs one prefill and no prompt
+    logits). The other tokens of a longer option come from ``prompt_logprobs`` of a second
+    request that finds the prefix in vLLM's prefix cache, so only the option's own block is
+    computed. An engine built with LoRA reads those tokens at sampled positions too (one request
+    per option prefix, also on the cached prefix): vLLM v1's LoRA logits processor indexes
+    adapters by sampled position, so ``prompt_logprobs`` of several requests at once fail there
+    (vllm-project/vllm#29955, #16668). Each wave is one ``generate`` call for the whole batch,
+    with the engine's adapter as its ``LoRARequest``.
+    """
 
     name = "vllm"
 
@@ -309,27 +326,108 @@ class VLLMEngine(InferenceEngine):
         self.lora_enabled = bool(kwargs.get("enable_lora"))
 
     def loglikelihood_tokens(self, requests: Sequence[TokenPair]) -> list[float]:
-        from vllm import SamplingParams
+        split: list[tuple[tuple[int, ...], list[int]]] = []
+        for c, k in requests:
+            # the prompt plus one generated token must fit: keep the last max_length - 1 tokens
+            whole, n = _truncate(c, k, self.max_length - 1)
+            n = min(n, len(whole) - 1)  # a prompt needs a token; the first has no logprob
+            split.append((tuple(whole[:-n]), whole[-n:]))
+        # wave 1: every distinct prefix once, read for the first token of each of its options
+        firsts: dict[tuple[int, ...], set[int]] = {}
+        for prefix, cont in split:
+            firsts.setdefault(prefix, set()).add(cont[0])
+        read = self._next_token_logprobs(firsts)
+        scores = [read[prefix, cont[0]] for prefix, cont in split]
+        # wave 2: the other tokens of longer options, on the prefixes wave 1 left in the cache
+        longer = [i for i, (_, cont) in enumerate(split) if len(cont) > 1]
+        if longer and self.lora_enabled:
+            nexts: dict[tuple[int, ...], set[int]] = {}
+            for i in longer:
+                prefix, cont = split[i]
+                for j in range(1, len(cont)):
+                    nexts.setdefault(prefix + tuple(cont[:j]), set()).add(cont[j])
+            read = self._next_token_logprobs(nexts)
+            for i in longer:
+                prefix, cont = split[i]
+                scores[i] += sum(
+                    read[prefix + tuple(cont[:j]), cont[j]] for j in range(1, len(cont))
+                )
+        elif longer:
+            tails = self._tail_logprobs([split[i] for i in longer])
+            for i, tail in zip(longer, tails, strict=True):
+                scores[i] += tail
+        return scores
+
+    def _generate(self, prompts: Sequence[Sequence[int]], params: Any) -> list[Any]:
+        """One ``generate`` call on token prompts, with the engine's adapter if it serves one."""
         from vllm.inputs import TokensPrompt
 
-        # the prompt plus one generated token must fit: keep the last max_length - 1 tokens
-        wholes = [_truncate(c, k, self.max_length - 1) for c, k in requests]
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        prompts = [TokensPrompt(prompt_token_ids=w) for w, _ in wholes]
-        if self.lora_enabled:
-            # vLLM v1's LoRA logits processor maps adapters by sampled position, not by prompt
-            # token, so prompt_logprobs of a batch fail (vllm-project/vllm#29955, #16668); one
-            # request at a time is scored correctly (its one mapping applies to every token).
-            outputs = [
-                self.llm.generate([p], params, lora_request=self.lora, use_tqdm=False)[0]
-                for p in prompts
-            ]
-        else:
-            outputs = self.llm.generate(prompts, params, lora_request=None, use_tqdm=False)
-        return [
-            sum_prompt_logprobs(out.prompt_logprobs, whole, n)
-            for out, (whole, n) in zip(outputs, wholes, strict=True)
-        ]
+        return self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+            params,
+            lora_request=self.lora,
+            use_tqdm=False,
+        )
+
+    def _next_token_logprobs(
+        self, reads: dict[tuple[int, ...], set[int]]
+    ) -> dict[tuple[tuple[int, ...], int], float]:
+        """``log p(token | prompt)`` for every prompt of `reads` and each of its tokens: one
+        request per prompt, read at its sampled position (at most 128 tokens a request)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import MAX_LOGPROB_TOKEN_IDS as MAX_IDS
+
+        prompts: list[tuple[int, ...]] = []
+        params: list[Any] = []
+        for prompt, tokens in reads.items():
+            ordered = sorted(tokens)
+            for s in range(0, len(ordered), MAX_IDS):
+                prompts.append(prompt)
+                params.append(
+                    SamplingParams(
+                        max_tokens=1,
+                        temperature=0.0,
+                        detokenize=False,
+                        logprob_token_ids=ordered[s : s + MAX_IDS],
+                    )
+                )
+        out: dict[tuple[tuple[int, ...], int], float] = {}
+        results = self._generate(prompts, params)
+        for prompt, param, res in zip(prompts, params, results, strict=True):
+            got = res.outputs[0].logprobs[0]
+            for token in param.logprob_token_ids:
+                out[prompt, token] = float(got[token].logprob)
+        return out
+
+    def _tail_logprobs(self, split: Sequence[tuple[tuple[int, ...], list[int]]]) -> list[float]:
+        """The summed ``prompt_logprobs`` of every continuation token but the first.
+
+        The prefixes are cached (wave 1), so vLLM computes only from their last full block on.
+        A request whose cache hit reached past its prefix (another option with the same first
+        tokens was computed before it) lacks those rows: it is scored again, cache unread.
+        """
+        from vllm import SamplingParams
+
+        wanted = list(
+            dict.fromkeys((prefix + tuple(cont), len(cont) - 1) for prefix, cont in split)
+        )
+        sums: dict[tuple[tuple[int, ...], int], float] = {}
+        for read_cache in (True, False):
+            todo = [w for w in wanted if w not in sums]
+            if not todo:
+                break
+            params = SamplingParams(
+                max_tokens=1,
+                temperature=0.0,
+                detokenize=False,
+                prompt_logprobs=0,
+                skip_reading_prefix_cache=not read_cache,
+            )
+            results = self._generate([whole for whole, _ in todo], params)
+            for (whole, n), res in zip(todo, results, strict=True):
+                if not read_cache or (res.num_cached_tokens or 0) <= len(whole) - n - 1:
+                    sums[whole, n] = sum_prompt_logprobs(res.prompt_logprobs, whole, n)
+        return [sums[prefix + tuple(cont), len(cont) - 1] for prefix, cont in split]
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         from vllm import SamplingParams
@@ -343,11 +441,20 @@ class VLLMEngine(InferenceEngine):
 
 
 def sum_prompt_logprobs(prompt_logprobs: Sequence[Any], tokens: Sequence[int], n: int) -> float:
-    """Sum of the logprobs vLLM reports for the last `n` prompt tokens (their own entries)."""
+    """Sum of the logprobs vLLM reports for the last `n` prompt tokens (their own entries).
+
+    Read from the end: the list ends at the last prompt token whichever model runner made it
+    (V2 leaves out the rows a prefix-cache hit skipped; V1 keeps them, unfilled).
+    """
+    if n <= 0:
+        return 0.0
+    entries = list(prompt_logprobs)[-n:]
+    if len(entries) < n or any(e is None for e in entries):
+        raise RuntimeError(f"vLLM returned {len(entries)} prompt logprobs, {n} needed")
     total = 0.0
-    for pos in range(len(tokens) - n, len(tokens)):
-        entry = prompt_logprobs[pos][tokens[pos]]
-        total += entry["logprob"] if isinstance(entry, dict) else entry.logprob
+    for entry, token in zip(entries, tokens[-n:], strict=True):
+        got = entry[token]
+        total += got["logprob"] if isinstance(got, dict) else got.logprob
     return float(total)
 
 
