@@ -1,39 +1,69 @@
-"""Training throughput: our packed loop vs a plain Hugging Face `Trainer` (unpacked, padded).
+"""Training throughput: our packed loop vs TRL's packed `SFTTrainer` and the HF `Trainer`.
 
-Same tiny model, data, optimiser, schedule and step count, for full fine-tuning and for LoRA,
-in one process run:
+Same tiny model, data, label tokens, optimiser, schedule and step count, for full fine-tuning
+and for LoRA, in one invocation:
 
-  (a) `med42ray.train.run_training`: packed rows of `max_seq_len`, 1 Ray Train worker with all
-      the CPUs, the DDP engine (torch AdamW, as the HF Trainer uses);
-  (b) `transformers.Trainer`: one sample per row, padded per batch (DataCollatorForSeq2Seq),
-      in a fresh Ray task with the same CPUs, so its peak RSS is its own.
+  ours         `med42ray.train.run_training`: packed rows of `max_seq_len`, 1 Ray Train worker
+               with all the CPUs, the DDP engine (torch AdamW, as the HF Trainer uses);
+  trl_packed   TRL `SFTTrainer` (trl 1.16, from `.venv-trl`): `packing=True,
+               packing_strategy="bfd"` (padding-free: the step's rows flattened into one with
+               per-sample position ids), `assistant_only_loss=True` on the `messages` column,
+               TRL's own tokenisation through the same chat template;
+  hf_grouped   `transformers.Trainer`, one sample per row padded per batch
+               (`DataCollatorForSeq2Seq`), grouped by length (`group_by_length=True`, in
+               transformers 5 `train_sampling_strategy="group_by_length"`);
+  hf_random    the same with random batches (the plain baseline).
+
+Each baseline runs in a fresh process with the same CPUs and torch threads (so its peak RSS
+is its own), gets the optimiser and LR schedule objects our loop builds
+(`med42ray.train.optim`: AdamW, warmup + cosine, same clipping) and the same seed. TRL builds
+its assistant masks from the chat template's `{% generation %}` markers, as `tokenize_chat`
+does; the bench checks that both count the same label tokens over the whole data set.
 
 The data are multi-turn chats built from the training fixture's question/answer pairs with a
 long-tailed number of turns (1 to 10; most chats short, a few long), so sample lengths spread
-from ~30 to ~450 tokens as in real instruction corpora. Both train the same label tokens
-(assistant-only masks from `tokenize_chat`). Throughput is the median over steps (after the
-warm-up steps) of non-padding tokens / step time; the batch sizes give both about the same
-non-padding tokens per step. On a shared machine wall-clock steps are noisy, so it also prints
-non-padding tokens per CPU-second of the training process (all its threads), which other
-processes' load does not move.
+from ~20 to ~450 tokens as in real instruction corpora. Throughput is the median over steps
+(after `WARMUP` steps) of non-padding tokens / step time; the HF batch size gives about the
+packed rows' non-padding tokens per step. Wall-clock steps are noisy on a shared machine, so
+it also reports non-padding tokens per CPU-second of the training process (all its threads),
+which other processes' load moves much less. Step time is compute only (collation included
+for ours, the trainers' batch fetch before `on_step_begin` not included for the baselines).
 
-    .venv/bin/python perf/train_bench.py            # ~4 minutes on 2 CPU cores
-Targets: packed non-padding tokens/s >= 1.3x the unpacked baseline; packed padding share < 5%.
+Loss agreement: every run draws different batches (its own packing and shuffle), so per-step
+losses differ by batch composition, not by the trainer; what must agree is the curve. Each
+loss is the mean over the step's label tokens; the bench compares the means over windows of
+`LOSS_WINDOW` steps and passes when every window after the first (the first holds warm-up's
+steep fall, where one step of offset moves the mean most) is within `LOSS_RTOL` (relative) of
+ours. An honest tolerance: it is wider than the spread between batches of one run, narrower
+than what a wrong mask, normalisation or schedule does to the curve.
+
+    bash perf/setup_bench.sh trl                    # TRL 1.16 into .venv-trl (once)
+    .venv/bin/python perf/train_bench.py --json train_bench.json   # ~10 min on 2 CPU cores
+
+Targets: ours >= 1.0x TRL packed and >= 1.5x the grouped HF Trainer (non-padding tokens/s),
+for full fine-tuning and LoRA; loss curves within tolerance. `--json` writes
+`{"ratios": {...}, "runs": {...}, "loss_agreement": {...}, "setup": {...}}`; the unprefixed
+ratios are the worse of the two strategies.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 FIXTURE = REPO / "tests" / "fixtures" / "train" / "chat.jsonl"
+TRL_DIR = REPO / ".venv-trl"  # `bash perf/setup_bench.sh trl`: trl==1.16.0, --no-deps
+TRL_HINT = "install it with `bash perf/setup_bench.sh trl` (trl==1.16.0 into .venv-trl)"
 CHATS = 800
 MAX_TURNS = 10
 STEPS = 60
@@ -41,14 +71,21 @@ WARMUP = 5
 SEQ = 512  # room for the longest chat; rows hold ~4 chats on average
 PACKED_ROWS = 2  # packed rows per step (~2 x 500 real tokens)
 CPUS = int(os.environ.get("BENCH_CPUS", "2"))
+LOSS_WINDOW = 10
+LOSS_RTOL = 0.15
+BASELINES = ("trl_packed", "hf_grouped", "hf_random")
+TARGETS = {"trl_packed": 1.0, "hf_grouped": 1.5}  # ours / baseline, non-padding tokens/s
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def mixed_length_chats(n: int, seed: int = 0) -> list[dict]:
-    """`n` chats of 1..MAX_TURNS question/answer turns drawn from the fixture (geometric turn
-    counts: ~40% single-turn), each with the fixture's system prompt half of the time."""
+def mixed_length_chats(
+    n: int, seed: int = 0, max_turns: int = MAX_TURNS, stop: float = 0.4
+) -> list[dict]:
+    """`n` chats of 1..`max_turns` question/answer turns drawn from the fixture (geometric turn
+    counts, ending after each turn with probability `stop`: at 0.4 ~40% are single-turn),
+    each with the fixture's system prompt half of the time."""
     import random
 
     rng = random.Random(seed)
@@ -58,32 +95,37 @@ def mixed_length_chats(n: int, seed: int = 0) -> list[dict]:
     chats = []
     for i in range(n):
         turns = 1
-        while turns < MAX_TURNS and rng.random() > 0.4:
+        while turns < max_turns and rng.random() > stop:
             turns += 1
         messages = [system] if rng.random() < 0.5 else []
-        for pair in rng.sample(pairs, turns):
+        for pair in (rng.choice(pairs) for _ in range(turns)):
             messages += pair
         chats.append({"id": f"bench-{i}", "messages": messages})
     return chats
 
 
-def unpacked_batch(data: Path, cfg) -> int:
-    """Samples per HF step giving about the packed rows' non-padding tokens per step."""
-    from med42ray.models import load_tokenizer, resolve_model_path
+def tokenized(cfg, model_path: str, data: Path) -> list:
+    """`tokenize_chat` samples of every chat in `data` (what our loop trains on)."""
+    from med42ray.models import load_tokenizer
     from med42ray.train.tokenize import tokenize_chat
 
-    path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, path)
-    lengths = [
-        len(tokenize_chat(tokenizer, json.loads(line)["messages"], SEQ))
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    return [
+        tokenize_chat(tokenizer, json.loads(line)["messages"], cfg.train.max_seq_len)
         for line in data.read_text().splitlines()
     ]
+
+
+def unpacked_batch(samples: list, rows: int, seq: int) -> int:
+    """Samples per HF step giving about `rows` packed rows' non-padding tokens per step."""
+    lengths = [len(s) for s in samples]
     mean = sum(lengths) / len(lengths)
     print(f"sample lengths: mean {mean:.0f}, min {min(lengths)}, max {max(lengths)} tokens")
-    return max(1, round(PACKED_ROWS * SEQ * 0.97 / mean))
+    return max(1, round(rows * seq * 0.97 / mean))
 
 
-def experiment(strategy: str):
+def experiment(strategy: str, steps: int = STEPS, overrides: dict[str, Any] | None = None):
+    """The bench's config: `configs/tiny.yaml`, DDP, packed rows, one worker with all CPUs."""
     from med42ray.config import load_config
 
     return load_config(
@@ -91,182 +133,481 @@ def experiment(strategy: str):
         {
             "train.strategy": strategy,
             "train.deepspeed.enabled": False,
-            "train.optimizer.lr": 1e-3 if strategy == "full" else 1e-2,
+            # LoRA: configs/tiny.yaml's own override (1e-2 made its curve spike at warm-up)
+            "train.optimizer.lr": 1e-3 if strategy == "full" else 3e-3,
             "train.schedule.name": "cosine",
             "train.schedule.warmup_ratio": 0.1,
-            "train.max_steps": STEPS,
+            "train.max_steps": steps,
             "train.max_seq_len": SEQ,
             "train.micro_batch_size": PACKED_ROWS,
             "train.packing": True,
             "train.checkpoint_every": None,
+            "train.log_every": steps,  # every step lands in metrics.jsonl anyway
             "resources.num_workers": 1,
             "resources.cpus_per_worker": CPUS,
+            **(overrides or {}),
         },
     )
 
 
-def ours(cfg, data: Path, out: Path) -> dict:
+def ours(cfg, data: Path, out: Path, warmup: int = WARMUP) -> dict[str, Any]:
+    """Our loop through `run_training`; figures from its per-step `metrics.jsonl`."""
     from med42ray.train import run_training
 
+    started = time.perf_counter()
     result = run_training(cfg, data, out)
-    rows = [json.loads(x) for x in result.metrics_path.read_text().splitlines()][WARMUP:]
+    all_rows = [json.loads(x) for x in result.metrics_path.read_text().splitlines()]
+    rows = all_rows[warmup:]
+    real = [r["real_tokens_per_s"] * r["step_time_s"] for r in rows]
+    slots = [r["tokens_per_s"] * r["step_time_s"] for r in rows]
     return {
         "real_tokens_per_s": statistics.median(r["real_tokens_per_s"] for r in rows),
         "real_tokens_per_cpu_s": statistics.median(
-            r["real_tokens_per_s"] * r["step_time_s"] / r["cpu_time_s"] for r in rows
+            n / r["cpu_time_s"] for n, r in zip(real, rows, strict=True)
         ),
+        "real_tokens_per_step": statistics.mean(real),
         "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
         "trainable_params": result.trainable_params,
-        "padding_share": sum(
-            r["tokens_per_s"] * r["padding_share"] * r["step_time_s"] for r in rows
-        )
-        / sum(r["tokens_per_s"] * r["step_time_s"] for r in rows),
-        "final_loss": rows[-1]["loss"],
+        "padding_share": 1 - sum(real) / sum(slots),
+        "losses": [r["loss"] for r in all_rows],
+        "wall_s": time.perf_counter() - started,
+        **_median_of(rows, "model_tflops_per_s_per_device", "mfu"),
     }
 
 
-def hf_trainer_baseline(cfg_json: dict, model_path: str, data: str, batch_size: int) -> dict:
-    """Runs inside a fresh Ray worker process: HF Trainer, unpacked padded batches."""
-    import resource
+def _median_of(rows: list[dict[str, Any]], *keys: str) -> dict[str, float]:
+    """Medians of the per-step metrics `keys` that the rows have (MFU: GPU only)."""
+    return {k: statistics.median(r[k] for r in rows) for k in keys if rows and k in rows[0]}
 
+
+# ------------------------------------------------------------------ baselines (own process)
+def _load_for_baseline(spec: dict[str, Any]) -> tuple[Any, Any, Any, tuple[Any, Any], int]:
+    """(cfg, tokenizer, model, (optimizer, scheduler), trainable) as our loop would build them."""
     import torch
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     from med42ray.config import ExperimentConfig
-    from med42ray.models import load_model, load_tokenizer
+    from med42ray.models import load_tokenizer
+    from med42ray.train.optim import build_optimizer, build_scheduler
     from med42ray.train.strategies import build_strategy, count_parameters
+
+    torch.set_num_threads(spec["threads"])
+    cfg = ExperimentConfig.model_validate(spec["experiment"])
+    t = cfg.train
+    tokenizer = load_tokenizer(cfg.model, spec["model_path"])
+    torch.manual_seed(t.seed)  # LoRA's A matrices: as our loop seeds them
+    strategy = build_strategy(cfg, spec["model_path"])
+    model = strategy.build_model(torch.float32, not spec["use_cpu"])  # as the DDP engine
+    trainable, _ = count_parameters(model)
+    if not spec["use_cpu"]:  # fused AdamW, as our DDP engine on a GPU: its params on the GPU
+        model.to("cuda")
+    optimizer = build_optimizer(model.parameters(), t.optimizer, fused=not spec["use_cpu"])
+    scheduler = build_scheduler(optimizer, t.schedule, spec["steps"])
+    return cfg, tokenizer, model, (optimizer, scheduler), trainable
+
+
+def _model_flops(spec: dict[str, Any], model, trainable: int) -> tuple[Any, float | None]:
+    """(`ModelFlops` of `model`, the device's peak FLOP/s or None on CPU), as our loop counts."""
+    from med42ray.train.metrics import ModelFlops, peak_flops
+
+    precision = "bf16" if spec.get("bf16") else "fp32"
+    return ModelFlops.of(model, trainable), peak_flops(not spec["use_cpu"], precision)
+
+
+def _trainer_args(cfg, spec: dict[str, Any]) -> dict[str, Any]:
+    """`TrainingArguments` fields every baseline shares (optimiser and schedule come apart)."""
+    return {
+        "output_dir": tempfile.mkdtemp(prefix="med42ray-bench-"),
+        "per_device_train_batch_size": spec["batch_size"],
+        "max_grad_norm": cfg.train.max_grad_norm,
+        "max_steps": spec["steps"],
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": spec["use_cpu"],
+        "bf16": spec.get("bf16", False),
+        "seed": cfg.train.seed,
+        "data_seed": cfg.train.seed,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
+class StepLog:
+    """Per-step wall and CPU time (a `TrainerCallback`) and tokens per collated batch."""
+
+    def __init__(self, cuda: bool = False):
+        self.times: list[float] = []
+        self.cpu: list[float] = []
+        # (non-padding tokens, slots, sum of squared sample lengths) per batch
+        self.counts: list[tuple[int, int, int]] = []
+        self.cuda = cuda
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        log = self
+
+        class Timer(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                log._sync()
+                self.start, self.cpu = time.perf_counter(), time.process_time()
+
+            def on_step_end(self, args, state, control, **kw):
+                log._sync()
+                log.times.append(time.perf_counter() - self.start)
+                log.cpu.append(time.process_time() - self.cpu)
+
+        return Timer()
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def counting(self, collate, padding_free: bool = False):
+        """`collate`, recording each batch's non-padding tokens and slots."""
+
+        def wrapped(features):
+            batch = collate(features)
+            ids = batch["input_ids"]
+            if padding_free:  # one row; a sample starts where its positions restart at 0
+                starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+                lengths = [b - a for a, b in zip(starts, [*starts[1:], ids.shape[1]], strict=True)]
+            else:
+                lengths = batch["attention_mask"].sum(dim=1).tolist()
+            self.counts.append((sum(lengths), ids.numel(), sum(n * n for n in lengths)))
+            return batch
+
+        return wrapped
+
+    def summary(self, trainer, warmup: int, flops=None, peak: float | None = None) -> dict:
+        """Median non-padding tokens/s and per CPU-second after `warmup`, the loss curve, and
+        with `flops` (`ModelFlops`) the median model TFLOP/s and MFU over the `peak`."""
+        import resource
+
+        import torch
+
+        real, slots, squares = zip(*self.counts[: len(self.times)], strict=True)
+        pairs = list(zip(real, self.times, self.cpu, strict=True))[warmup:]
+        if self.cuda:
+            memory = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {
+            "real_tokens_per_s": statistics.median(n / s for n, s, _ in pairs),
+            "real_tokens_per_cpu_s": statistics.median(n / c for n, _, c in pairs),
+            "real_tokens_per_step": statistics.mean(n for n, _, _ in pairs),
+            "peak_memory_mb": memory,
+            "padding_share": 1 - sum(real) / sum(slots),
+            "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
+            "torch_threads": torch.get_num_threads(),
+            **self._flops(real, squares, warmup, flops, peak),
+        }
+
+    def _flops(self, real, squares, warmup: int, flops, peak: float | None) -> dict[str, float]:
+        if flops is None:
+            return {}
+        per_s = [
+            flops.step_flops(n, sq) / s
+            for n, sq, s in list(zip(real, squares, self.times, strict=True))[warmup:]
+        ]
+        out = {"model_tflops_per_s_per_device": statistics.median(per_s) / 1e12}
+        if peak:
+            out["mfu"] = statistics.median(per_s) / peak
+        return out
+
+
+def hf_trainer_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    """HF Trainer on unpacked rows padded per batch; `group_by_length` for `hf_grouped`."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
     from med42ray.train.tokenize import tokenize_chat
 
-    cfg = ExperimentConfig.model_validate(cfg_json)
-    t = cfg.train
-    torch.manual_seed(t.seed)
-    tokenizer = load_tokenizer(cfg.model, model_path)
+    cfg, tokenizer, model, optimizers, trainable = _load_for_baseline(spec)
+    flops, peak = _model_flops(spec, model, trainable)
     samples = [
-        tokenize_chat(tokenizer, json.loads(line)["messages"], t.max_seq_len)
-        for line in Path(data).read_text().splitlines()
+        tokenize_chat(tokenizer, json.loads(line)["messages"], cfg.train.max_seq_len)
+        for line in Path(spec["data"]).read_text().splitlines()
     ]
     rows = [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
-    strategy = build_strategy(cfg, model_path)
-    model = strategy.adapt(load_model(cfg.model, model_path))
-    trainable, _ = count_parameters(model)
+    log = StepLog(cuda=not spec["use_cpu"])
     base = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    counts = []
-
-    def collate(features):
-        batch = base(features)
-        counts.append((int(batch["attention_mask"].sum()), int(batch["attention_mask"].numel())))
-        return batch
-
-    times, cpu_times = [], []
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.start, self.cpu = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.start)
-            cpu_times.append(time.process_time() - self.cpu)
-
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=batch_size,
-        learning_rate=t.optimizer.lr,
-        weight_decay=t.optimizer.weight_decay,
-        adam_beta1=t.optimizer.betas[0],
-        adam_beta2=t.optimizer.betas[1],
-        adam_epsilon=t.optimizer.eps,
-        lr_scheduler_type=t.schedule.name,
-        warmup_steps=int(t.schedule.warmup_ratio * STEPS + 0.999),
-        max_grad_norm=t.max_grad_norm,
-        max_steps=STEPS,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=t.seed,
-        dataloader_num_workers=0,
+        **_trainer_args(cfg, spec),
+        # transformers 5's spelling of `group_by_length=True` (LengthGroupedSampler)
+        train_sampling_strategy="group_by_length" if spec["kind"] == "hf_grouped" else "random",
         remove_unused_columns=False,
-        disable_tqdm=True,
     )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=rows,
-        data_collator=collate,
-        callbacks=[StepTimer()],
+        data_collator=log.counting(base),
+        optimizers=optimizers,
+        callbacks=[log.callback()],
     )
     trainer.train()
-    real_per_step = [c[0] for c in counts[: len(times)]]
-    per_step = [r / s for r, s in zip(real_per_step[WARMUP:], times[WARMUP:], strict=True)]
-    per_cpu = [r / s for r, s in zip(real_per_step[WARMUP:], cpu_times[WARMUP:], strict=True)]
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = log.summary(trainer, spec["warmup"], flops, peak)
+    return {**summary, "trainable_params": trainable}
+
+
+def trl_baseline(spec: dict[str, Any]) -> dict[str, Any]:
+    """TRL SFTTrainer: bfd packing (padding-free), assistant-only loss, TRL's tokenisation."""
+    import trl
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    cfg, tokenizer, model, optimizers, trainable = _load_for_baseline(spec)
+    flops, peak = _model_flops(spec, model, trainable)
+    chats = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines()]
+    dataset = Dataset.from_list([{"messages": c["messages"]} for c in chats])
+    args = SFTConfig(
+        **_trainer_args(cfg, spec),
+        max_length=cfg.train.max_seq_len,
+        packing=True,
+        packing_strategy="bfd",
+        padding_free=True,
+        assistant_only_loss=True,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+    )
+    log = StepLog(cuda=not spec["use_cpu"])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        optimizers=optimizers,
+        callbacks=[log.callback()],
+    )
+    # SFTTrainer refuses a custom collator with padding-free; wrapping its own only counts
+    trainer.data_collator = log.counting(trainer.data_collator, padding_free=True)
+    labels = trainer.train_dataset["labels"]
+    trainer.train()
     return {
-        "real_tokens_per_s": statistics.median(per_step),
-        "real_tokens_per_cpu_s": statistics.median(per_cpu),
-        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **log.summary(trainer, spec["warmup"], flops, peak),
         "trainable_params": trainable,
-        "padding_share": 1 - sum(c[0] for c in counts) / sum(c[1] for c in counts),
-        "final_loss": losses[-1],
-        "torch_threads": torch.get_num_threads(),
+        "data_label_tokens": sum(sum(1 for x in row if x != -100) for row in labels),
+        "trl_version": trl.__version__,
     }
 
 
-def main() -> None:
-    import ray
+def trl_available() -> bool:
+    """Whether `.venv-trl` holds TRL (checked without importing it into this process)."""
+    return (TRL_DIR / "trl" / "__init__.py").is_file()
 
+
+def run_baseline(kind: str, spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Run one baseline in a fresh Python process (TRL from `.venv-trl` on its path only)."""
+    spec = {**spec, "kind": kind}
+    spec_path, result_path = work / f"{kind}-spec.json", work / f"{kind}-result.json"
+    log_path = work / f"{kind}.log"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    if kind == "trl_packed":
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TRL_DIR), env.get("PYTHONPATH")]))
+    command = [sys.executable, __file__, "--baseline", str(spec_path), str(result_path)]
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        done = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if done.returncode:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"{kind} baseline failed (exit {done.returncode}):\n{tail}")
+    return {**json.loads(result_path.read_text()), "wall_s": time.perf_counter() - started}
+
+
+def baseline_main(spec_path: str, result_path: str) -> None:
+    """`--baseline SPEC RESULT`: the child process side of `run_baseline`."""
+    spec = json.loads(Path(spec_path).read_text())
+    run = trl_baseline if spec["kind"] == "trl_packed" else hf_trainer_baseline
+    Path(result_path).write_text(json.dumps(run(spec)))
+
+
+# ---------------------------------------------------------------------------- comparison
+def window_means(losses: list[float], window: int = LOSS_WINDOW) -> list[float]:
+    """Mean loss over consecutive `window`-step windows (a last partial window is dropped)."""
+    return [
+        statistics.mean(losses[i : i + window]) for i in range(0, len(losses) - window + 1, window)
+    ]
+
+
+def loss_agreement(
+    ours_losses: list[float], other: list[float], rtol: float = LOSS_RTOL
+) -> dict[str, Any]:
+    """Window means of both curves and whether every window after the first is within `rtol`."""
+    a, b = window_means(ours_losses), window_means(other)
+    n = min(len(a), len(b))
+    rel = [abs(y - x) / x for x, y in zip(a[:n], b[:n], strict=True)]
+    checked = rel[1:] if n > 1 else rel
+    return {
+        "window": LOSS_WINDOW,
+        "rtol": rtol,
+        "ours": a,
+        "baseline": b,
+        "max_rel_diff": max(checked, default=0.0),
+        "within_tolerance": bool(checked) and max(checked) <= rtol,
+    }
+
+
+def ratios(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    """ours / baseline per strategy (`full_ours_vs_trl_packed`, `..._per_cpu_s`) and, unprefixed,
+    the worse strategy's ratio."""
+    out: dict[str, float] = {}
+    for strategy, runs in results.items():
+        a = runs["ours"]
+        for kind, b in runs.items():
+            if kind == "ours":
+                continue
+            key = f"ours_vs_{kind}"
+            out[f"{strategy}_{key}"] = a["real_tokens_per_s"] / b["real_tokens_per_s"]
+            out[f"{strategy}_{key}_per_cpu_s"] = (
+                a["real_tokens_per_cpu_s"] / b["real_tokens_per_cpu_s"]
+            )
+            for suffix in ("", "_per_cpu_s"):
+                worst = out[f"{strategy}_{key}{suffix}"]
+                out[key + suffix] = min(out.get(key + suffix, worst), worst)
+    return out
+
+
+# --------------------------------------------------------------------------------- driver
+def print_table(results: dict[str, dict[str, dict[str, Any]]]) -> None:
+    print(
+        f"{'run':<18}{'real tok/s':>11}{'tok/cpu-s':>10}{'tok/step':>9}{'peak MB':>9}"
+        f"{'trainable':>11}{'padding':>8}{'loss':>7}{'wall s':>7}"
+    )
+    for strategy, runs in results.items():
+        for kind, r in runs.items():
+            print(
+                f"{strategy + ' ' + kind:<18}{r['real_tokens_per_s']:>11.0f}"
+                f"{r['real_tokens_per_cpu_s']:>10.0f}{r['real_tokens_per_step']:>9.0f}"
+                f"{r['peak_memory_mb']:>9.0f}{r['trainable_params']:>11,}"
+                f"{r['padding_share']:>8.1%}{r['losses'][-1]:>7.3f}{r['wall_s']:>7.0f}"
+            )
+
+
+def verdicts(results, agreement, rat: dict[str, float]) -> list[str]:
+    """One line per strategy and baseline: ratios against the targets, loss agreement."""
+    lines = []
+    for strategy, runs in results.items():
+        for kind in runs:
+            if kind == "ours":
+                continue
+            key = f"{strategy}_ours_vs_{kind}"
+            agree = agreement[strategy][kind]
+            target = TARGETS.get(kind)
+            speed_ok = target is None or rat[key] >= target
+            ok = speed_ok and agree["within_tolerance"]
+            lines.append(
+                f"{strategy} vs {kind}: {rat[key]:.2f}x non-padding tokens/s "
+                f"(per CPU-second {rat[key + '_per_cpu_s']:.2f}x"
+                + (f"; target >= {target}x" if target else "")
+                + f"), loss windows max rel. diff {agree['max_rel_diff']:.1%} "
+                f"(tolerance {agree['rtol']:.0%}) -> "
+                + ("PASS" if ok else "MISS" if target else ("ok" if ok else "loss MISS"))
+            )
+    return lines
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write ratios and raw figures here")
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--warmup", type=int, default=WARMUP)
+    parser.add_argument("--chats", type=int, default=CHATS)
+    parser.add_argument("--data-seed", type=int, default=0, help="which chats are drawn")
+    parser.add_argument("--strategies", nargs="+", default=["full", "lora"])
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
+    parser.add_argument("--baseline", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Every strategy through ours and each baseline; returns the JSON document."""
     from med42ray.cluster import init_ray
     from med42ray.models import resolve_model_path
 
     init_ray(num_cpus=CPUS)
-    work = Path(tempfile.mkdtemp(prefix="med42ray-train-bench-"))
     data = work / "chat.jsonl"
-    data.write_text("".join(json.dumps(c) + "\n" for c in mixed_length_chats(CHATS)))
-    batch_size = unpacked_batch(data, experiment("full"))
-    baseline = ray.remote(num_cpus=CPUS, max_calls=1)(hf_trainer_baseline)
+    chats = mixed_length_chats(args.chats, args.data_seed)
+    data.write_text("".join(json.dumps(c) + "\n" for c in chats))
+    cfg0 = experiment("full", args.steps)
+    model_path = resolve_model_path(cfg0.model)
+    samples = tokenized(cfg0, model_path, data)
+    batch_size = unpacked_batch(samples, PACKED_ROWS, SEQ)
+    label_tokens = sum(s.num_label_tokens for s in samples)
+    baselines = list(args.baselines)
+    if "trl_packed" in baselines and not trl_available():
+        print(f"TRL baseline NOT RUN: trl is not in {TRL_DIR.name}; {TRL_HINT}")
+        baselines.remove("trl_packed")
     print(
-        f"tiny Llama, {CHATS} mixed-length chats from the fixture, "
-        f"{STEPS} steps, max_seq_len {SEQ}, {CPUS} CPUs; ours: {PACKED_ROWS} packed rows/step,"
-        f" HF Trainer: {batch_size} padded samples/step"
+        f"tiny Llama, {args.chats} mixed-length chats ({label_tokens} label tokens), "
+        f"{args.steps} steps, max_seq_len {SEQ}, {CPUS} CPUs; ours and TRL: {PACKED_ROWS} "
+        f"packed rows/step, HF Trainer: {batch_size} padded samples/step"
     )
-    header = (
-        f"{'run':<22}{'real tok/s':>12}{'tok/cpu-s':>11}{'peak MB':>10}{'trainable':>12}"
-        f"{'padding':>9}{'loss':>8}"
-    )
-    results = {}
-    for strategy in ("full", "lora"):
-        cfg = experiment(strategy)
-        started = time.perf_counter()
-        a = ours(cfg, data, work / f"ours-{strategy}")
-        a["wall_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        b = ray.get(
-            baseline.remote(
-                cfg.model_dump(mode="json"), resolve_model_path(cfg.model), str(data), batch_size
-            )
-        )
-        b["wall_s"] = time.perf_counter() - started
-        results[strategy] = {"ours_packed": a, "hf_trainer_unpacked": b}
-    print(header)
-    for strategy, pair in results.items():
-        for name, r in pair.items():
-            print(
-                f"{strategy + ' ' + name:<22}{r['real_tokens_per_s']:>12.0f}"
-                f"{r['real_tokens_per_cpu_s']:>11.0f}{r['peak_memory_mb']:>10.0f}{r['trainable_params']:>12,}"
-                f"{r['padding_share']:>9.1%}{r['final_loss']:>8.3f}"
-            )
-    for strategy, pair in results.items():
-        a, b = pair["ours_packed"], pair["hf_trainer_unpacked"]
-        ratio = a["real_tokens_per_s"] / b["real_tokens_per_s"]
-        cpu_ratio = a["real_tokens_per_cpu_s"] / b["real_tokens_per_cpu_s"]
-        ok = ratio >= 1.3 and a["padding_share"] < 0.05
-        print(
-            f"{strategy}: non-padding tokens/s ratio {ratio:.2f}x (per CPU-second "
-            f"{cpu_ratio:.2f}x; target >= 1.3x), padding {a['padding_share']:.1%} vs "
-            f"{b['padding_share']:.1%} (target < 5%), peak memory ratio "
-            f"{a['peak_memory_mb'] / b['peak_memory_mb']:.2f}x -> {'PASS' if ok else 'MISS'}"
-        )
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"results: {work / 'results.json'}")
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for strategy in args.strategies:
+        cfg = experiment(strategy, args.steps)
+        runs = {"ours": ours(cfg, data, work / f"ours-{strategy}", args.warmup)}
+        spec = {
+            "experiment": cfg.model_dump(mode="json"),
+            "model_path": model_path,
+            "data": str(data),
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "threads": CPUS,
+            "use_cpu": True,
+        }
+        for kind in baselines:
+            size = PACKED_ROWS if kind == "trl_packed" else batch_size
+            runs[kind] = run_baseline(kind, {**spec, "batch_size": size}, work / strategy)
+        results[strategy] = runs
+    agreement = {
+        s: {k: loss_agreement(r["ours"]["losses"], r[k]["losses"]) for k in r if k != "ours"}
+        for s, r in results.items()
+    }
+    trl_labels = {
+        s: r["trl_packed"]["data_label_tokens"] for s, r in results.items() if "trl_packed" in r
+    }
+    return {
+        "ratios": ratios(results),
+        "targets": {f"ours_vs_{k}": v for k, v in TARGETS.items()},
+        "runs": results,
+        "loss_agreement": agreement,
+        "label_tokens": {"ours": label_tokens, "trl_packed": trl_labels},
+        "setup": {
+            "chats": args.chats,
+            "data_seed": args.data_seed,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "max_seq_len": SEQ,
+            "packed_rows_per_step": PACKED_ROWS,
+            "hf_samples_per_step": batch_size,
+            "cpus": CPUS,
+            "trl": "run" if "trl_packed" in baselines else f"not installed: {TRL_HINT}",
+            "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.baseline:
+        baseline_main(*args.baseline)
+        return
+    work = Path(tempfile.mkdtemp(prefix="med42ray-train-bench-"))
+    for strategy in args.strategies:
+        (work / strategy).mkdir()
+    doc = run_all(args, work)
+    print_table(doc["runs"])
+    labels = doc["label_tokens"]
+    for strategy, count in labels["trl_packed"].items():
+        same = "same" if count == labels["ours"] else "DIFFERENT"
+        print(f"{strategy}: label tokens in the data: ours {labels['ours']}, TRL {count} ({same})")
+    for line in verdicts(doc["runs"], doc["loss_agreement"], doc["ratios"]):
+        print(line)
+    out = args.json or work / "results.json"
+    out.write_text(json.dumps(doc, indent=2))
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

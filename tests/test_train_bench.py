@@ -1,0 +1,102 @@
+"""The training benchmarks' bookkeeping (perf/train_bench.py, perf/gpu_train.py), without
+training: the loss-curve check, the ratios, the token and attention counts of a TRL
+padding-free batch, and the GPU script's shapes. The benchmarks themselves are run by hand."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+PERF = Path(__file__).resolve().parents[1] / "perf"
+sys.path.insert(0, str(PERF))
+
+import gpu_train  # noqa: E402
+import train_bench  # noqa: E402
+
+
+def test_loss_agreement_skips_the_warmup_window_and_applies_the_tolerance():
+    ours = [4.0] * 10 + [2.0] * 10 + [1.0] * 10
+    close = [5.0] * 10 + [2.2] * 10 + [1.1] * 10  # first window off by 25%: not checked
+    far = [4.0] * 10 + [2.0] * 10 + [1.5] * 10
+    ok = train_bench.loss_agreement(ours, close, rtol=0.15)
+    assert ok["ours"] == [4.0, 2.0, 1.0] and ok["baseline"] == [5.0, 2.2, 1.1]
+    assert ok["within_tolerance"] and ok["max_rel_diff"] == pytest.approx(0.1)
+    assert not train_bench.loss_agreement(ours, far, rtol=0.15)["within_tolerance"]
+    assert not train_bench.loss_agreement(ours[:5], close[:5])["within_tolerance"]  # no window
+
+
+def test_ratios_per_strategy_and_the_worse_one_unprefixed():
+    def run(tok_s: float, per_cpu: float) -> dict:
+        return {"real_tokens_per_s": tok_s, "real_tokens_per_cpu_s": per_cpu}
+
+    results = {
+        "full": {"ours": run(300, 100), "trl_packed": run(200, 100)},
+        "lora": {"ours": run(300, 100), "trl_packed": run(250, 50)},
+    }
+    r = train_bench.ratios(results)
+    assert r["full_ours_vs_trl_packed"] == pytest.approx(1.5)
+    assert r["lora_ours_vs_trl_packed"] == pytest.approx(1.2)
+    assert r["ours_vs_trl_packed"] == pytest.approx(1.2)
+    assert r["ours_vs_trl_packed_per_cpu_s"] == pytest.approx(1.0)
+
+
+def test_step_log_counts_a_padding_free_batch_per_sample():
+    import torch
+
+    log = train_bench.StepLog()
+    batch = {
+        "input_ids": torch.ones(1, 9, dtype=torch.long),
+        "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2, 3]]),
+    }
+    assert log.counting(lambda _: batch, padding_free=True)([]) is batch
+    padded = {
+        "input_ids": torch.ones(2, 4, dtype=torch.long),
+        "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]]),
+    }
+    log.counting(lambda _: padded)([])
+    assert log.counts == [(9, 9, 9 + 4 + 16), (7, 8, 9 + 16)]
+
+
+def test_mixed_length_chats_are_deterministic_and_end_on_an_answer():
+    a = train_bench.mixed_length_chats(50, seed=3)
+    assert a == train_bench.mixed_length_chats(50, seed=3)
+    assert all(c["messages"][-1]["role"] == "assistant" for c in a)
+    turns = [sum(m["role"] == "user" for m in c["messages"]) for c in a]
+    assert min(turns) == 1 and max(turns) <= train_bench.MAX_TURNS
+
+
+def test_gpu_script_shapes():
+    opts = gpu_train.parse_args(["--tiny", "--steps", "3"])
+    shape = gpu_train.resolve(opts)
+    assert (shape.steps, shape.seq, opts.gpu) == (3, 512, False)
+    full = gpu_train.Shape()
+    per_layer = (
+        2 * full.hidden**2
+        + 2 * full.hidden * full.hidden // full.heads * full.kv_heads
+        + 3 * full.hidden * full.intermediate
+    )
+    params = full.layers * per_layer + 2 * full.vocab * full.hidden
+    assert 1.0e9 < params < 1.3e9  # a 1B-class Llama
+
+
+def test_step_log_summary_counts_model_flops_and_no_mfu_without_a_peak():
+    from types import SimpleNamespace
+
+    from med42ray.train.metrics import ModelFlops
+
+    log = train_bench.StepLog()
+    log.times, log.cpu = [1.0, 2.0, 2.0], [2.0, 4.0, 4.0]
+    log.counts = [(100, 120, 5000), (100, 100, 5000), (200, 200, 10000)]
+    trainer = SimpleNamespace(state=SimpleNamespace(log_history=[{"loss": 2.0}, {"loss": 1.0}]))
+    flops = ModelFlops(matmul_params=1000, trainable_params=1000, layers=2, attention_width=8)
+    out = train_bench.StepLog.summary(log, trainer, warmup=1, flops=flops)
+    assert out["real_tokens_per_s"] == 75.0  # median of 50 and 100
+    assert out["real_tokens_per_cpu_s"] == 37.5
+    assert out["padding_share"] == pytest.approx(20 / 420)
+    assert out["losses"] == [2.0, 1.0] and "mfu" not in out
+    per_s = [(6000 * 100 + 96 * 5000) / 2, (6000 * 200 + 96 * 10000) / 2]
+    assert out["model_tflops_per_s_per_device"] == pytest.approx(sum(per_s) / 2 / 1e12)
+    with_peak = log.summary(trainer, warmup=1, flops=flops, peak=1e6)
+    assert with_peak["mfu"] == pytest.approx(sum(per_s) / 2 / 1e6)
