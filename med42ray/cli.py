@@ -120,7 +120,7 @@ def benchmarks_show(
 
     cfg = load_config(config, parse_overrides(overrides), overlays or [])
     tokenizer = None
-    if cfg.eval.use_chat_template:
+    if any(p.chat_template for p in cfg.eval.resolved_protocols()):  # `protocols` or the axes
         from med42ray.models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)

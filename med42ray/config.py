@@ -411,19 +411,21 @@ class BenchmarkConfig(Section):
 
 
 ScoringName = Literal["loglikelihood", "generate"]
-PromptFormatName = Literal["multiple_choice", "cloze"]
+PromptFormatName = Literal["multiple_choice", "cloze", "cot"]
 PROTOCOL_NAMES: dict[tuple[str, str], str] = {
     ("loglikelihood", "multiple_choice"): "letter",
     ("loglikelihood", "cloze"): "cloze",
     ("generate", "multiple_choice"): "generate",
+    ("generate", "cot"): "cot",
 }
 """(scoring, prompt_format) -> a protocol's default name; the valid combinations (a cloze prompt
-names no option to generate)."""
+names no option to generate, a chain-of-thought prompt asks for reasoning, not a scored option)."""
 
 
 class ProtocolConfig(Section):
     """One scoring protocol: how items are asked (`prompt_format`, `chat_template`) and answered
-    (`scoring`). Default name: `letter`, `cloze` or `generate`, `+chat` with the chat template."""
+    (`scoring`). Default name: `letter`, `cloze`, `generate` or `cot`, `+chat` with the chat
+    template."""
 
     name: str | None = Field(default=None, min_length=1, pattern=r"^[\w+.-]+$")
     scoring: ScoringName = "loglikelihood"
@@ -437,7 +439,10 @@ class ProtocolConfig(Section):
     @model_validator(mode="after")
     def _valid_combination(self) -> ProtocolConfig:
         if (self.scoring, self.prompt_format) not in PROTOCOL_NAMES:
-            raise ValueError("eval.prompt_format cloze needs eval.scoring loglikelihood")
+            needs = [s for s, f in PROTOCOL_NAMES if f == self.prompt_format]
+            raise ValueError(
+                f"eval.prompt_format {self.prompt_format} needs eval.scoring {' or '.join(needs)}"
+            )
         return self
 
     @property
@@ -460,7 +465,8 @@ class EvalConfig(Section):
         description="The scoring protocols, each scored for every model and shown side by side "
         "in the report: `{scoring, prompt_format, chat_template, name}`. Default: every valid "
         "combination of `scoring` x `prompt_format` x `use_chat_template` (each a value or a "
-        "list; cloze with generate is skipped). Give one or the other, not both.",
+        "list; cloze with generate and cot with loglikelihood are skipped). Give one or the "
+        "other, not both.",
     )
     scoring: ScoringName | list[ScoringName] = Field(
         default="loglikelihood",
@@ -473,8 +479,10 @@ class EvalConfig(Section):
         description="`multiple_choice`: the task YAMLs as they are (lm-eval's prompts; lettered "
         "tasks score the option letters). `cloze`: lettered tasks ask the question alone and "
         "score each option's text (lm-eval's `mmlu_continuation`, OLMES's cloze formulation), "
-        "the format small base models can answer; log-likelihood scoring only. A list scores "
-        "each.",
+        "the format small base models can answer; log-likelihood scoring only. `cot`: zero-shot "
+        "chain of thought, the question and every labelled option, step-by-step reasoning "
+        "ending in `The answer is (X)` (lm-eval's `mmlu_pro` prompt), generate scoring only. A "
+        "list scores each.",
     )
     num_fewshot: int = Field(default=0, ge=0)
     limit: int | None = Field(
@@ -508,6 +516,8 @@ class EvalConfig(Section):
         names = [p.label for p in self.resolved_protocols()]
         if len(set(names)) != len(names):
             raise ValueError(f"eval.protocols: names must be unique, got {names}")
+        if self.num_fewshot and any(p.prompt_format == "cot" for p in self.resolved_protocols()):
+            raise ValueError("eval.prompt_format cot is zero-shot: set eval.num_fewshot 0")
         return self
 
     def resolved_protocols(self) -> list[ProtocolConfig]:

@@ -16,12 +16,11 @@ from typing import Any
 
 from med42ray.benchmarks import (
     BenchmarkItem,
-    cloze_task,
     load_benchmark_with_provenance,
     load_task,
 )
 from med42ray.config import ExperimentConfig, ProtocolConfig
-from med42ray.eval.prompts import Prompt, PromptFormat
+from med42ray.eval.prompts import Prompt, PromptFormat, format_task
 from med42ray.stages import atomic_write
 
 
@@ -51,9 +50,7 @@ def first_prompt(
 ) -> Prompt:
     """`item` rendered as `protocol` (default: the first) renders it, zero-shot."""
     protocol = protocol or cfg.eval.resolved_protocols()[0]
-    spec = load_task(name)
-    if protocol.prompt_format == "cloze":
-        spec = cloze_task(spec)
+    spec = format_task(load_task(name), protocol.prompt_format)
     fmt = PromptFormat(
         spec,
         use_chat_template=protocol.chat_template,

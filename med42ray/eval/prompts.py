@@ -35,6 +35,11 @@ With the chat template, lm-eval's multi-turn layout (``--apply_chat_template``, 
 by the few-shot delimiter), one user/assistant pair per shot, the item as the last user turn; a
 template that rejects the system role is retried without it, as lm-eval's HF backend does; the
 scored continuations then lack the target delimiter (``"A"`` after the assistant tag).
+
+Which prompt a protocol renders (``eval.prompt_format``) is a :class:`TaskFormat` from
+:data:`TASK_FORMATS`: the task YAML as it is, its cloze formulation, or zero-shot chain of
+thought (:data:`COT_TEXT`), each a :class:`~med42ray.benchmarks.TaskSpec` the same
+:class:`PromptFormat` renders.
 """
 
 from __future__ import annotations
@@ -43,13 +48,14 @@ import functools
 import hashlib
 import json
 import random
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import jinja2
 
-from med42ray.benchmarks import BenchmarkError, BenchmarkItem, TaskSpec
+from med42ray.benchmarks import BenchmarkError, BenchmarkItem, TaskSpec, cloze_task
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -238,3 +244,71 @@ class PromptFormat:
         choices = choice_strings(self.spec, item)
         delimiter = "" if self.use_chat_template else self.spec.target_delimiter
         return Prompt(self.context(item), tuple(delimiter + c for c in choices), tuple(choices))
+
+
+# ------------------------------------------------------------------------ prompt formats
+COT_TEXT = (
+    "{% set letters = labels | map('length') | max == 1 %}"
+    'Think step by step and then finish your answer with "the answer is (X)" where X is '
+    "{% if letters %}the correct letter choice"
+    "{% else %}{{ labels[:-1] | join(', ') }} or {{ labels[-1] }}{% endif %}.\n"
+    "{% if context %}Abstract: {{ context | join('\\n') }}\n{% endif %}"
+    "Question:\n{{ question.strip() }}\nOptions:\n"
+    "{% for o in options %}{{ o.label }}{% if o.text != o.label %}. {{ o.text }}{% endif %}\n"
+    "{% endfor %}Answer: Let's think step by step."
+)
+"""Zero-shot chain of thought for every task: lm-eval 0.4.13's ``mmlu_pro`` prompt
+(``mmlu_pro/utils.py`` ``format_cot_example`` without its shots, the instruction of its
+``description``), whose answer line its ``regex`` filter reads (``answer is \\(?([A-J])\\)?``).
+The instruction opens the user turn rather than the description (the system turn, with a chat
+template) so that it names each item's labels (PubMedQA's yes, no, maybe) and survives templates
+without a system role; PubMedQA's abstract precedes the question, as in its YAML."""
+
+
+class TaskFormat(ABC):
+    """A protocol's ``prompt_format``: the task spec its prompts are rendered from."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def task(self, spec: TaskSpec) -> TaskSpec:
+        """`spec` as this format asks its items."""
+
+
+class MultipleChoiceFormat(TaskFormat):
+    """The task YAML as it is: lm-eval's prompt."""
+
+    name = "multiple_choice"
+
+    def task(self, spec: TaskSpec) -> TaskSpec:
+        return spec
+
+
+class ClozeFormat(TaskFormat):
+    """The question alone, each option's text scored (:func:`~med42ray.benchmarks.cloze_task`)."""
+
+    name = "cloze"
+
+    def task(self, spec: TaskSpec) -> TaskSpec:
+        return cloze_task(spec)
+
+
+class ChainOfThoughtFormat(TaskFormat):
+    """Every option with its label and a request for reasoning ending in the answer line
+    (:data:`COT_TEXT`), for generation: a letter is a valid answer for every task, PubMedQA's
+    label its yes/no/maybe. The task's description (MMLU's subject line) is kept."""
+
+    name = "cot"
+
+    def task(self, spec: TaskSpec) -> TaskSpec:
+        return spec.model_copy(update={"doc_to_text": COT_TEXT, "doc_to_choice": "labels"})
+
+
+TASK_FORMATS: dict[str, type[TaskFormat]] = {
+    f.name: f for f in (MultipleChoiceFormat, ClozeFormat, ChainOfThoughtFormat)
+}
+
+
+def format_task(spec: TaskSpec, prompt_format: str) -> TaskSpec:
+    """`spec` as the protocol's `prompt_format` renders it."""
+    return TASK_FORMATS[prompt_format]().task(spec)

@@ -66,7 +66,6 @@ from med42ray.benchmarks import (
     BenchmarkError,
     BenchmarkItem,
     TaskSpec,
-    cloze_task,
     load_benchmark,
     load_benchmark_with_provenance,
     load_task,
@@ -74,7 +73,7 @@ from med42ray.benchmarks import (
 from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig, ProtocolConfig
 from med42ray.data.overlap import read_overlap
 from med42ray.eval.metrics import agreement, summarise, to_markdown
-from med42ray.eval.prompts import PromptFormat
+from med42ray.eval.prompts import PromptFormat, format_task
 from med42ray.eval.scoring import Scoring, TaskRun, build_scoring
 from med42ray.stages import atomic_write
 
@@ -125,9 +124,7 @@ def prepare_tasks(
     mirror = cfg.resources.hub_mirror
     runs = []
     for bench in cfg.eval.benchmarks:
-        spec = load_task(bench.name)
-        if protocol.prompt_format == "cloze":
-            spec = cloze_task(spec)
+        spec = format_task(load_task(bench.name), protocol.prompt_format)
         loaded = load_benchmark_with_provenance(bench.name, bench.path, mirror=mirror)
         limit = bench.limit or cfg.eval.limit
         items = loaded.items[:limit] if limit else loaded.items

@@ -13,8 +13,9 @@ never asks which one it runs:
 
 :class:`LoglikelihoodScoring` asks one request per option (lm-eval's ``multiple_choice``: the
 summed log-likelihood of each continuation, ``acc`` and ``acc_norm`` argmaxes);
-:class:`GenerateScoring` one per item (a greedy answer of ``eval.max_new_tokens`` tokens, the
-option it names read by :func:`~med42ray.eval.parsing.parse_answer`).
+:class:`GenerateScoring` one per item (a greedy answer of ``eval.max_new_tokens`` tokens, a
+short answer or, with the ``cot`` prompt format, reasoning ending in an answer line; the option it
+names read by :func:`~med42ray.eval.parsing.parse_answer`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from med42ray.benchmarks import BenchmarkItem, TaskSpec
 from med42ray.config import EvalConfig, ProtocolConfig
 from med42ray.eval.metrics import predict
-from med42ray.eval.parsing import parse_answer
+from med42ray.eval.parsing import cut_at_stop, parse_answer
 from med42ray.eval.prompts import Prompt, PromptFormat
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ class GenerateScoring(Scoring):
     def predict_item(
         self, item: BenchmarkItem, prompt: Prompt, results: pd.DataFrame
     ) -> ItemPrediction:
-        generation = str(results["generation"].iloc[0])
+        generation = cut_at_stop(str(results["generation"].iloc[0]))  # lm-eval's `until`
         found = parse_answer(generation, item.labels, item.choices)
         pred = -1 if found is None else found
         return ItemPrediction(pred, pred, [], generation=generation, parsed=found is not None)

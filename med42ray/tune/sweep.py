@@ -113,7 +113,15 @@ def _evaluate(cfg: ExperimentConfig, checkpoint: Any, out: Path, parts: str) -> 
     summary = run_eval(
         cfg, out, model=model and str(model), adapter=adapter and str(adapter), parts=parts
     )
-    tasks = summary[summary["level"] == "task"]
+    return trial_scores(cfg, summary)
+
+
+def trial_scores(cfg: ExperimentConfig, summary: pd.DataFrame) -> dict[str, float]:
+    """`accuracy` (the mean over benchmarks) and `<benchmark>_acc` under the FIRST protocol of
+    ``eval.resolved_protocols()``: the metric a sweep optimises must be one protocol's, not an
+    average of protocols that measure different things."""
+    first = cfg.eval.resolved_protocols()[0].label
+    tasks = summary[(summary["level"] == "task") & (summary["protocol"] == first)]
     scores = {f"{row.benchmark}_acc": float(row.acc) for row in tasks.itertuples()}
     scores["accuracy"] = float(tasks["acc"].mean())
     return scores
