@@ -189,12 +189,18 @@ def _row_members(row, samples) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "med42ray_varlen_sdpa"])
 def test_flattened_batch_gives_each_sample_its_own_token_losses(tokenizer, model, attn):
-    """Per-token losses of the flattened micro-batch equal those of each sample alone."""
+    """Per-token losses of the flattened micro-batch equal those of each sample alone: under
+    transformers' sdpa and eager (block-diagonal mask from the position ids) and under our
+    per-sample sdpa (`cu_seq_lens`), the training default with packing."""
+    from med42ray.train.attention import register_varlen_sdpa
+
+    register_varlen_sdpa()
     model.config._attn_implementation = attn
     samples, rows = packed_rows(tokenizer)
-    inputs = collate(rows, tokenizer.pad_token_id)["inputs"]
+    inputs = collate(rows, tokenizer.pad_token_id, attn)["inputs"]
+    assert ("cu_seq_lens_q" in inputs) == (attn == "med42ray_varlen_sdpa")
     try:
         with torch.no_grad():
             logits = model(**inputs, use_cache=False).logits[0]

@@ -11,7 +11,9 @@ them out. One row is the only layout every attention kernel reads as isolated sa
 - flash-attention 2/3: transformers treats position-id packing as variable-length only when the
   batch has ONE row (``modeling_flash_attention_utils._is_packed_sequence``); with several rows
   it would attend across samples, silently. We also pass ``cu_seq_lens_q/k`` and
-  ``max_length_q/k`` to the flash kernels (``FLASH_ATTENTION``), so they need not infer them.
+  ``max_length_q/k`` to the flash kernels (``FLASH_ATTENTION``), so they need not infer them;
+- ``med42ray_varlen_sdpa`` (``med42ray.train.attention``, the training default with packing):
+  sdpa run per sample at those ``cu_seq_lens``, so no device computes the T x T block mask.
 
 ``check_isolated`` refuses any other packed layout before a forward. The first token of every
 sample has the label -100, so no token is trained to predict the next sample; padding is
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from med42ray.train.attention import VARLEN_SDPA
 from med42ray.train.tokenize import IGNORE_INDEX, Sample
 
 
@@ -140,6 +143,8 @@ def build_rows(
 
 #: attention implementations that read `cu_seq_lens_*` / `max_length_*` (varlen flash kernels)
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn")
+#: ... and ours (`med42ray.train.attention`: sdpa per sample, on any device)
+VARLEN_ATTENTION = (*FLASH_ATTENTION, VARLEN_SDPA)
 
 
 def sample_lengths(position_ids: np.ndarray) -> np.ndarray:
@@ -163,7 +168,7 @@ def collate(rows: list[Row], pad_id: int, attn_implementation: str | None = None
     if rows[0].position_ids is not None:
         batch = _flattened(rows)
         lengths = sample_lengths(batch["position_ids"][0].numpy())
-        if attn_implementation in FLASH_ATTENTION:
+        if attn_implementation in VARLEN_ATTENTION:
             cu = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
             batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
             batch.update(max_length_q=int(lengths.max()), max_length_k=int(lengths.max()))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from med42ray.config import ExperimentConfig, LoraConfig
 from med42ray.models import load_model
+from med42ray.train.attention import register_varlen_sdpa
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +90,10 @@ class Strategy(ABC):
 
     def build_model(self, dtype: torch.dtype, use_gpu: bool) -> torch.nn.Module:
         dtype_name = str(dtype).removeprefix("torch.")
-        model_cfg = self.cfg.model.model_copy(update={"dtype": dtype_name})
+        update = {"dtype": dtype_name}
+        if self.cfg.model.attn_implementation is None and self.cfg.train.packing:
+            update["attn_implementation"] = register_varlen_sdpa()
+        model_cfg = self.cfg.model.model_copy(update=update)
         model = load_model(model_cfg, self.model_path, use_gpu=use_gpu)
         model.config.use_cache = False
         if use_liger(self.cfg.model.liger_kernel, use_gpu):
