@@ -95,7 +95,9 @@ DRUGS = [
     "Amoxicillin",
 ]
 
-TASK_YAML = """task: med42_bench_medqa
+TASK = "med42_bench_medqa"
+#: lm-eval's medqa_4options task over a local file (`task`, `path`), shared with gpu_eval.py
+TASK_YAML = """task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
@@ -158,12 +160,12 @@ def run_lm_eval(model_path: str, task_dir: Path, batch_size: int) -> dict[str, A
     loaded = time.perf_counter()
     results = lm_eval.simple_evaluate(
         model=lm,
-        tasks=["med42_bench_medqa"],
+        tasks=[TASK],
         task_manager=TaskManager(include_path=str(task_dir)),
         log_samples=True,
     )
     end = time.perf_counter()
-    samples = sorted(results["samples"]["med42_bench_medqa"], key=lambda s: s["doc_id"])
+    samples = sorted(results["samples"][TASK], key=lambda s: s["doc_id"])
     lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
     preds = [max(range(4), key=lambda j, x=x: x[j]) for x in lls]
     return {"load_s": loaded - start, "total_s": end - start, "preds": preds, "lls": lls}
@@ -225,7 +227,7 @@ def main() -> None:
     data = workdir / "medqa_hf.json"
     data.write_text("\n".join(json.dumps(r) for r in synthetic_items(args.items)) + "\n")
     (workdir / "tasks").mkdir()
-    (workdir / "tasks" / "med42_bench_medqa.yaml").write_text(TASK_YAML.format(path=data))
+    (workdir / "tasks" / f"{TASK}.yaml").write_text(TASK_YAML.format(task=TASK, path=data))
     threads = torch.get_num_threads()
     print(f"model {model_path}, {args.items} items x 4 options, torch threads {threads}, "
           f"batch size {args.batch_size}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip

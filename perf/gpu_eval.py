@@ -44,23 +44,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from eval_bench import TASK_YAML  # noqa: E402 - the CPU bench's lm-eval task, one copy
+
 FIXTURE = REPO / "tests" / "fixtures" / "benchmarks" / "medqa_hf.jsonl"
 TASK = "med42_gpu_medqa"
-TASK_YAML = """task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-output_type: multiple_choice
-test_split: test
-doc_to_text: "Question: {{{{sent1}}}}\\nA. {{{{ending0}}}}\\nB. {{{{ending1}}}}\\nC. {{{{ending2}}}}\\nD. {{{{ending3}}}}\\nAnswer:"
-doc_to_target: label
-doc_to_choice: ["A", "B", "C", "D"]
-metric_list:
-  - metric: acc
-metadata:
-  version: 1.0
-"""  # noqa: E501 - lm-eval's medqa_4options prompt as one Jinja line
 #: Llama-3.2-1B's shape (tied embeddings), for the random-weight stand-in.
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
             "num_attention_heads": 32, "num_key_value_heads": 8, "tie_word_embeddings": True,
