@@ -834,7 +834,7 @@ def main() -> int:
     parser.add_argument("--bucket", default="rehearsal")
     parser.add_argument("--s3-port", type=int, default=9010)
     parser.add_argument("--run-timeout", type=float, default=600)
-    parser.add_argument("--sweep-timeout", type=float, default=300)
+    parser.add_argument("--sweep-timeout", type=float, default=600)
     parser.add_argument(
         "--scale-down-timeout",
         type=float,
