@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.timeout(TIMEOUT_S + 60)  # the script's own limit governs, not the suite's 600 s
 def test_rehearsal(tmp_path: Path) -> None:
     result_file = tmp_path / "rehearsal.json"
     env = {
