@@ -5,7 +5,9 @@ The runs are shared between tests (module fixtures) and kept tiny: 6 optimiser s
 2 packed rows of 128 tokens per worker, as 2 accumulated micro-batches of one row (so label
 tokens fall unevenly across micro-batches and workers), constant learning rate so that a run
 cut at step 3 and resumed follows the same schedule as an uninterrupted one (the schedule's
-horizon is `max_steps`). Nine `fit()`s in all, two of them restarted after a worker dies.
+horizon is `max_steps`). Eight `fit()`s in all, one of them restarted after a worker dies:
+each `fit()` costs ~40 s of process start-up and imports on 2 cores, so every run serves
+several tests.
 
 Backend parity (the field has seen one SFT recipe score 28.3 on MMLU under one backend and 41.4
 under another): DDP, ZeRO-2 and ZeRO-3 give the same loss and gradient-norm curves, for full
@@ -70,6 +72,17 @@ def train(ray_session, tiny_model_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def bucket(s3_server) -> str:
+    """One bucket for this module's object-storage runs."""
+    import urllib.request
+    import uuid
+
+    name = f"train-runs-{uuid.uuid4().hex[:8]}"
+    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/{name}", method="PUT"))
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
 def ddp_run(train):
     return train("ddp", config(**{"train.deepspeed.enabled": False}))
 
@@ -84,23 +97,6 @@ def zero2_run(train, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def resumed_runs(train, tmp_path_factory):
-    """ZeRO-2 for 3 steps; then a new run over the same folder to 6 steps, in which rank 1
-    dies once at step 5 (after the step-4 checkpoint) and Ray Train restarts the workers."""
-    out = tmp_path_factory.mktemp("resume")
-    marker = out / "killed-once"
-    first = train("resume", config(**{"train.max_steps": 3}), out=out)
-    first_losses = losses(first)  # out/metrics.jsonl is rewritten by the second run
-    cfg = config(**{"train.checkpoint_every": 2, "train.max_failures": 1})
-    os.environ["MED42RAY_TRAIN_FAIL_ONCE"] = f"5:1:{marker}"
-    try:
-        second = train("resume", cfg, out=out)
-    finally:
-        os.environ.pop("MED42RAY_TRAIN_FAIL_ONCE")
-    return first, first_losses, second, marker
-
-
-@pytest.fixture(scope="module")
 def zero3_run(train):
     return train("zero3", config(**{"train.deepspeed.zero_stage": 3}))
 
@@ -109,10 +105,10 @@ LORA = {"train.strategy": "lora", "train.optimizer.lr": 1e-2}
 
 
 @pytest.fixture(scope="module")
-def lora_run(train):
-    """LoRA under ZeRO-2, merged on export."""
+def lora_run(train, bucket):
+    """LoRA under ZeRO-2, exported to object storage and merged there in a Ray task."""
     cfg = config(**LORA, **{"train.deepspeed.zero_stage": 2, "train.lora.merge_on_export": True})
-    return train("lora", cfg)
+    return train("lora", cfg, export_to=f"{bucket}/lora")
 
 
 @pytest.fixture(scope="module")
@@ -211,41 +207,47 @@ def test_lora_backends_agree(lora_run, lora_zero3_run, lora_ddp_run):
     assert_same_curves(lora_zero3_run[1], lora_ddp_run)
 
 
-def test_resumed_and_recovered_run_equals_uninterrupted(resumed_runs, zero2_run):
-    first, first_losses, second, marker = resumed_runs
-    assert len(first_losses) == 3 and first.state["resumed_from"] is None
-    # the second run continued the first (step 3), then lost a worker at step 5 and
-    # restarted from its step-4 checkpoint
-    assert marker.read_text().startswith("killed rank 1 at step 5")
-    assert second.state["resumed_from"] == 4
-    kept = [p for p in Path(second.run_dir).glob("checkpoint_*") if p.is_dir()]
-    assert len(kept) <= 2  # keep_checkpoints
-    torch.testing.assert_close(
-        torch.tensor(losses(second)), torch.tensor(losses(zero2_run)), atol=1e-4, rtol=0
-    )
-
-
 # ---------------------------------------------------------------------------- lora
 def test_lora_trains_only_the_adapters(lora_run):
     from transformers import AutoConfig
 
+    from med42ray import storage
     from med42ray.train.strategies import lora_parameter_count
 
     curve = losses(lora_run)
     assert curve[-1] < curve[0] - 0.2
-    base_cfg = AutoConfig.from_pretrained(lora_run.model_dir)
+    base_cfg = AutoConfig.from_pretrained(storage.local_copy(lora_run.model_dir))
     lora_cfg = config(**{"train.strategy": "lora"}).train.lora
     assert lora_run.trainable_params == lora_parameter_count(base_cfg, lora_cfg)
     assert lora_run.total_params > 10 * lora_run.trainable_params
+
+
+def test_lora_is_merged_in_a_ray_task_that_publishes_the_model(lora_run, bucket):
+    from med42ray import storage
+    from med42ray.models import CHECKSUMS_FILE
+
+    run, out = lora_run, lora_run.metrics_path.parent
+    assert run.adapter_dir == f"{bucket}/lora/adapter" and run.model_dir == f"{bucket}/lora/model"
+    adapter, model = storage.list_files(run.adapter_dir), storage.list_files(run.model_dir)
+    assert CHECKSUMS_FILE in adapter and CHECKSUMS_FILE in model
+    check = json.loads((out / "merge_check.json").read_text())
+    assert check == run.merge_check and check["ok"] and check["max_abs_logit_diff"] < 1e-3
+    merge = json.loads((out / "train_result.json").read_text())["transfers"]["merge"]
+    # the task's node fetched the adapter (not a checkpoint) and sent the merged model
+    assert merge["downloaded_bytes"] == sum(adapter.values())
+    assert merge["uploaded_bytes"] == sum(model.values())
 
 
 def test_lora_adapter_and_merged_model_load_and_agree(lora_run):
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    adapter = AutoPeftModelForCausalLM.from_pretrained(lora_run.adapter_dir).eval()
-    merged = AutoModelForCausalLM.from_pretrained(lora_run.model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(lora_run.adapter_dir)
+    from med42ray import storage
+
+    adapter_dir = storage.local_copy(lora_run.adapter_dir)
+    adapter = AutoPeftModelForCausalLM.from_pretrained(adapter_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(storage.local_copy(lora_run.model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
     ids = tokenizer("Which nerve is compressed in carpal tunnel syndrome?", return_tensors="pt")
     with torch.no_grad():
         a, m = adapter(**ids).logits, merged(**ids).logits
@@ -359,21 +361,10 @@ def test_merge_refuses_a_live_zero3_context():
 
 # ------------------------------------------------------------------ object storage
 @pytest.fixture(scope="module")
-def bucket(s3_server) -> str:
-    """One bucket for this module's object-storage runs."""
-    import urllib.request
-    import uuid
-
-    name = f"train-runs-{uuid.uuid4().hex[:8]}"
-    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/{name}", method="PUT"))
-    return f"s3://{name}"
-
-
-@pytest.fixture(scope="module")
 def s3_run(ray_session, tiny_model_path, bucket, tmp_path_factory):
-    """ZeRO-2 on object storage only: the data a bucket folder of two shards, checkpoints
-    every 2 steps to S3, the export to S3; rank 1 dies once at step 3, so the workers resume
-    from the step-2 checkpoint in S3."""
+    """ZeRO-2 on object storage only: the data a bucket folder of two shards, a checkpoint
+    every step to S3 (the last 3 kept), the export to S3; rank 1 dies once at step 3, before
+    its checkpoint, so Ray Train restarts the workers and they resume from step 2 in S3."""
     from med42ray import storage
     from med42ray.train import run_training
     from med42ray.train.trainer import FAIL_ENV
@@ -386,7 +377,8 @@ def s3_run(ray_session, tiny_model_path, bucket, tmp_path_factory):
     cfg = config(
         **{
             "train.max_steps": 4,
-            "train.checkpoint_every": 2,
+            "train.checkpoint_every": 1,
+            "train.keep_checkpoints": 3,  # 4 written; the resumed one (2) among the 3 kept
             "train.max_failures": 1,
             "resources.storage_path": f"{bucket}/ckpt",
         }
@@ -458,72 +450,9 @@ def test_s3_resume_fetches_only_each_ranks_own_files(s3_run, zero2_run):
     )
     recorded = json.loads((out / "train_result.json").read_text())["transfers"]
     assert recorded["resume_fetched_bytes"] == state["resume_fetched_bytes"]
+    kept = {rel.split("/")[0] for rel in storage.list_files(result.run_dir) if "/" in rel}
+    assert len({k for k in kept if k.startswith("checkpoint_")}) == 3  # keep_checkpoints
     # resumed from its own shards only, the run follows the uninterrupted one
     torch.testing.assert_close(
         torch.tensor(losses(result)), torch.tensor(losses(zero2_run)[:4]), atol=1e-4, rtol=0
     )
-
-
-@pytest.fixture(scope="module")
-def s3_lora_run(ray_session, tiny_model_path, bucket, tmp_path_factory):
-    """LoRA under ZeRO-3 with merge_on_export, checkpoints (every 2 steps) and export on S3,
-    4 steps; rank 0 dies once at step 3 and the workers resume from S3."""
-    from med42ray.train import run_training
-    from med42ray.train.trainer import FAIL_ENV
-
-    cfg = config(
-        **{
-            "train.strategy": "lora",
-            "train.deepspeed": {"enabled": True, "zero_stage": 3},
-            "train.optimizer.lr": 1e-2,
-            "train.lora.merge_on_export": True,
-            "train.max_steps": 4,
-            "train.checkpoint_every": 2,
-            "train.max_failures": 1,
-            "resources.storage_path": f"{bucket}/ckpt",
-        }
-    )
-    out = tmp_path_factory.mktemp("s3_lora")
-    os.environ[FAIL_ENV] = f"3:0:{out / 'killed-once'}"
-    try:
-        return run_training(cfg, FIXTURE, out, export_to=f"{bucket}/lora"), out
-    finally:
-        os.environ.pop(FAIL_ENV)
-
-
-def test_s3_lora_is_merged_in_a_ray_task_that_publishes_the_model(s3_lora_run, bucket):
-    from transformers import AutoModelForCausalLM
-
-    from med42ray import storage
-    from med42ray.models import CHECKSUMS_FILE
-
-    run, out = s3_lora_run
-    assert run.adapter_dir == f"{bucket}/lora/adapter" and run.model_dir == f"{bucket}/lora/model"
-    adapter, model = storage.list_files(run.adapter_dir), storage.list_files(run.model_dir)
-    assert CHECKSUMS_FILE in adapter and CHECKSUMS_FILE in model
-    check = json.loads((out / "merge_check.json").read_text())
-    assert check == run.merge_check and check["ok"] and check["max_abs_logit_diff"] < 1e-3
-    merge = json.loads((out / "train_result.json").read_text())["transfers"]["merge"]
-    # the task's node fetched the adapter (not a checkpoint) and sent the merged model
-    assert merge["downloaded_bytes"] == sum(adapter.values())
-    assert merge["uploaded_bytes"] == sum(model.values())
-    final = storage.list_files(run.checkpoint_path)
-    assert not any(rel.startswith("export/") or ".safetensors" in rel for rel in final)
-    AutoModelForCausalLM.from_pretrained(storage.local_copy(run.model_dir))
-
-
-def test_s3_lora_zero3_resumes_from_each_ranks_own_partition(s3_lora_run):
-
-    run, out = s3_lora_run
-    state = run.state
-    assert (out / "killed-once").read_text().startswith("killed rank 0 at step 3")
-    assert state["resumed_from"] == 2 and state["step"] == 4
-    assert_fetched_own_files(
-        state,
-        lambda rank: {
-            f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_model_states.pt",
-            f"deepspeed/zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
-        },
-    )
-    curve = losses(run)
-    assert len(curve) == 4 and curve[-1] < curve[0]
