@@ -171,7 +171,11 @@ def test_benchmarks_show_and_export_what_is_scored(tmp_path: Path) -> None:
     `benchmarks export` writes the canonical items that evaluation and decontamination use."""
     from med42ray.benchmarks import load_benchmark
 
-    shown = runner.invoke(app, ["benchmarks", "show", str(CONFIGS / "tiny.yaml")])
+    # the pinned small model (no minutes-long base training for a tokenizer), one chat protocol
+    chat = ["--set", "eval.protocols=[{chat_template: true}]"]
+    shown = runner.invoke(
+        app, ["benchmarks", "show", str(CONFIGS / "tiny.yaml"), *small_set_args(), *chat]
+    )
     assert shown.exit_code == 0, shown.output
     assert "medqa (scored)" in shown.output and "form: json_lines" in shown.output
     assert shown.output.count("first item, as scored:") == 12
