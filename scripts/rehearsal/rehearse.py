@@ -845,7 +845,7 @@ def main() -> int:
     parser.add_argument("--idle-timeout-minutes", type=float, default=0.2)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument(
-        "--max-steps", type=int, default=10, help="the overlay's train.max_steps (kill window)"
+        "--max-steps", type=int, default=6, help="the overlay's train.max_steps (kill window)"
     )
     parser.add_argument(
         "--sweep-args",
