@@ -23,6 +23,14 @@ import yaml
 from med42ray.benchmarks import task_groups
 from med42ray.data.manifest import CATEGORIES
 from med42ray.eval.metrics import WEIGHTED
+from med42ray.report.comparison import (
+    compare,
+    cost_per_point,
+    paired_numbers,
+    paired_section,
+    read_predictions,
+)
+from med42ray.report.comparison import headline as comparison_headline
 from med42ray.report.plots import accuracy_bars, loss_curves
 from med42ray.report.tables import (
     PAPER_ROWS,
@@ -33,6 +41,7 @@ from med42ray.report.tables import (
     cost_table,
     order_models,
     protocols_of,
+    row_title,
     to_markdown,
     with_average,
     with_columns,
@@ -87,16 +96,22 @@ def complete_groups(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[keep]
 
 
-def eval_summaries(runs: list[Run]) -> Iterator[tuple[str, pd.DataFrame]]:
-    """(model label, the evaluation's summary.csv) for every evaluation of every run (a
-    summary from before protocols has one, named by its scoring mode)."""
+def eval_folders(runs: list[Run]) -> Iterator[tuple[str, Path]]:
+    """(model label, stage folder) of every evaluation of every run."""
     several = len(runs) > 1
     for run in runs:
         for model, folder in run.stages("eval").items():
-            summary = pd.read_csv(folder / "summary.csv", keep_default_na=False)
-            if "protocol" not in summary:
-                summary["protocol"] = summary["scoring"]
-            yield run.model_label(model, several), summary
+            yield run.model_label(model, several), folder
+
+
+def eval_summaries(runs: list[Run]) -> Iterator[tuple[str, pd.DataFrame]]:
+    """(model label, the evaluation's summary.csv) for every evaluation of every run (a
+    summary from before protocols has one, named by its scoring mode)."""
+    for label, folder in eval_folders(runs):
+        summary = pd.read_csv(folder / "summary.csv", keep_default_na=False)
+        if "protocol" not in summary:
+            summary["protocol"] = summary["scoring"]
+        yield label, summary
 
 
 def read_scores(runs: list[Run]) -> pd.DataFrame:
@@ -509,6 +524,32 @@ def clean_section(clean: pd.DataFrame) -> str:
     )
 
 
+def training_section(costs: pd.DataFrame, per_point: pd.DataFrame) -> str:
+    """Cost per strategy, device-hours per point gained over the base, the loss curves."""
+    body = (
+        "Throughput counts non-padding tokens over all workers; device-hours are wall "
+        "time x workers x devices per worker (GPUs; 1 for a CPU worker).\n\n"
+        + to_markdown(cost_table(costs))
+    )
+    if len(per_point):
+        first = per_point[per_point["protocol"] == per_point["protocol"].iloc[0]]
+        table = pd.DataFrame(
+            {
+                "strategy": first["strategy"],
+                "benchmarks": first["benchmark"].map(row_title),
+                "points gained over base": first["gain_points"].round(1),
+                "device-hours per point": first["device_hours_per_point"].map(
+                    lambda v: f"{v:.4g}" if v == v else "no gain"
+                ),
+            }
+        )
+        body += (
+            f"\n\nCost per accuracy point (`{first['protocol'].iloc[0]}`; the gain is the "
+            "paired difference over the base model):\n\n" + to_markdown(table)
+        )
+    return _section("Training cost per strategy", body + "\n\n![loss curves](loss_curves.png)")
+
+
 def data_section(counts: pd.DataFrame, removed: pd.DataFrame, decon: dict[str, Any]) -> str:
     """Records per source, decontamination removals per benchmark, and the settings."""
     settings = "; ".join(
@@ -521,6 +562,16 @@ def data_section(counts: pd.DataFrame, removed: pd.DataFrame, decon: dict[str, A
     return _section("Data", body)
 
 
+#: measured, not computed: they vary from run to run, so they stay out of `numbers.csv` (two
+#: runs of one config give the identical file) and live in training.csv / cost_per_point.csv
+MEASURED = ("peak_memory_gb", "tokens_per_s", "wall_s")
+
+
+def write_tables(out: Path, tables: dict[str, pd.DataFrame]) -> None:
+    for name, frame in tables.items():
+        frame.to_csv(out / f"{name}.csv", index=False)
+
+
 def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> Path:
     """Write `report.md`, its figures (PNG) and tables (CSV) into `out`; return `out`."""
     runs = load_runs([Path(d) for d in run_dirs])
@@ -529,22 +580,31 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     scores = read_scores(runs)
     costs, history = read_training(runs)
     counts, removed, decon = read_data(runs)
-    provenance = read_provenance(runs)
-    clean = read_clean_scores(runs)
-    agreement = read_agreement(runs)
-    protocols = read_protocols(runs)
-
-    scores.to_csv(out / "accuracy.csv", index=False)
-    agreement.to_csv(out / "agreement.csv", index=False)
-    protocols.to_csv(out / "protocols.csv", index=False)
-    costs.to_csv(out / "training.csv", index=False)
-    history.to_csv(out / "loss_history.csv", index=False)
-    counts.to_csv(out / "data.csv", index=False)
-    removed.to_csv(out / "decontamination.csv", index=False)
-    provenance.to_csv(out / "benchmarks.csv", index=False)
-    numbers = all_numbers(with_average(scores), costs, counts, removed)
+    predictions = read_predictions(eval_folders(runs))
+    paired = compare(predictions)
+    per_point = cost_per_point(paired, costs)
+    clean, agreement = read_clean_scores(runs), read_agreement(runs)
+    protocols, provenance = read_protocols(runs), read_provenance(runs)
+    write_tables(
+        out,
+        {
+            "accuracy": scores,
+            "paired": paired,
+            "cost_per_point": per_point,
+            "agreement": agreement,
+            "protocols": protocols,
+            "training": costs,
+            "loss_history": history,
+            "data": counts,
+            "decontamination": removed,
+            "benchmarks": provenance,
+        },
+    )
+    fixed = costs.drop(columns=[c for c in MEASURED if c in costs])
+    numbers = all_numbers(with_average(scores), fixed, counts, removed)
     extra = [clean_numbers(clean)] if len(clean) else []
     extra += [agreement_numbers(agreement)] if len(agreement) else []
+    extra += [paired_numbers(paired)] if len(paired) else []
     numbers = pd.concat([numbers, *extra], ignore_index=True)
     numbers.to_csv(out / "numbers.csv", index=False)
 
@@ -554,10 +614,16 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
         "Runs: "
         + ", ".join(f"`{r.folder.resolve()}` ({r.index.get('name')})" for r in runs)
         + ". Every number below comes from the stage outputs of these runs; all of them are "
-        "in `numbers.csv`.\n"
+        "in `numbers.csv`, except the measured times, throughputs and memory (`training.csv`, "
+        "`cost_per_point.csv`).\n"
     )
+    if len(paired):
+        benchmarks = predictions["benchmark"].nunique()
+        parts.append(_section("Headline", comparison_headline(paired, costs, benchmarks)))
     if len(scores):
         parts += accuracy_sections(runs, scores, first, out)
+    if len(paired):
+        parts.append(_section("Paired differences (points)", paired_section(paired)))
     if len(agreement):
         parts.append(agreement_section(agreement))
     if len(protocols):
@@ -565,15 +631,7 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     if len(clean):
         parts.append(clean_section(clean))
     if len(costs):
-        parts.append(
-            _section(
-                "Training cost per strategy",
-                "Throughput counts non-padding tokens over all workers; device-hours are wall "
-                "time x workers x devices per worker (GPUs; 1 for a CPU worker).\n\n"
-                + to_markdown(cost_table(costs))
-                + "\n\n![loss curves](loss_curves.png)",
-            )
-        )
+        parts.append(training_section(costs, per_point))
         loss_curves(history, out / "loss_curves.png")
     if len(counts):
         parts.append(data_section(counts, removed, decon))

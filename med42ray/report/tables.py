@@ -197,10 +197,15 @@ def cost_table(train: pd.DataFrame) -> pd.DataFrame:
             "wall time (s)": train["wall_s"].round(1),
         }
     )
-    per_worker = train["devices_per_worker"].fillna(1) if "devices_per_worker" in train else 1
-    hours = (train["wall_s"] * train["num_workers"] * per_worker / 3600).round(4)
+    hours = device_hours(train).round(4)
     out["device-hours"] = [f"{h} {d}-h" for h, d in zip(hours, train["device"], strict=True)]
     return out
+
+
+def device_hours(train: pd.DataFrame) -> pd.Series:
+    """Wall time x workers x devices per worker, in hours, per row of the cost figures."""
+    per_worker = train["devices_per_worker"].fillna(1) if "devices_per_worker" in train else 1
+    return train["wall_s"] * train["num_workers"] * per_worker / 3600
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
