@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -593,11 +594,21 @@ class RunConfig(Section):
     )
     evaluate_base: bool = True
     overrides: dict[Literal["full", "lora"], dict[str, Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="Train and evaluate every strategy once per seed (as `train.seed`; the "
+        "prepared data is the same for all); the report gives the mean and spread over seeds "
+        "and pools them in the paired differences. Empty: one run at `train.seed`.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> RunConfig:
-        if len(set(self.strategies)) != len(self.strategies):
-            raise ValueError(f"strategies must be unique, got {self.strategies}")
+        for name in ("strategies", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must be unique, got {values}")
+        if any(seed < 0 for seed in self.seeds):
+            raise ValueError(f"seeds must be >= 0, got {self.seeds}")
         return self
 
 
@@ -734,12 +745,30 @@ def with_overrides(
     return parse_config(raw, source)
 
 
-def strategy_config(cfg: ExperimentConfig, strategy: str) -> ExperimentConfig:
-    """`cfg` as the run trains `strategy`: `train.strategy` set, `run.overrides` applied (and
-    emptied, so the result describes one strategy's training alone)."""
+SEED_SUFFIX = re.compile(r"^(?P<model>.+)-seed(?P<seed>\d+)$")
+
+
+def seeded_label(model: str, seed: int | None) -> str:
+    """A trained model's stage label: `full`, or `full-seed1` when `run.seeds` is set."""
+    return model if seed is None else f"{model}-seed{seed}"
+
+
+def split_seed(label: str) -> tuple[str, int | None]:
+    """`seeded_label`'s inverse: `full-seed1` -> ("full", 1), `base` -> ("base", None)."""
+    match = SEED_SUFFIX.match(label)
+    return (match["model"], int(match["seed"])) if match else (label, None)
+
+
+def strategy_config(
+    cfg: ExperimentConfig, strategy: str, seed: int | None = None
+) -> ExperimentConfig:
+    """`cfg` as the run trains `strategy` (with `seed` as `train.seed`, when given):
+    `train.strategy` set, `run.overrides` applied (and emptied, so the result describes one
+    strategy's training alone)."""
     changes = {
         "run.overrides": {},
         "train.strategy": strategy,
         **cfg.run.overrides.get(strategy, {}),
+        **({"train.seed": seed} if seed is not None else {}),
     }
     return with_overrides(cfg, changes, f"run.overrides.{strategy}")

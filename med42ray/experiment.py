@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from med42ray import storage
-from med42ray.config import ExperimentConfig, strategy_config
+from med42ray.config import ExperimentConfig, seeded_label, strategy_config
 from med42ray.stages import (
     RunFolder,
     StageResult,
@@ -85,8 +86,11 @@ def data_stage(cfg: ExperimentConfig, run: RunFolder, base_id: str) -> StageResu
     return run_stage(run, "data", inputs, work, cfg.to_yaml())
 
 
-def train_stage(cfg: ExperimentConfig, run: RunFolder, data: StageResult, base_id: str):
+def train_stage(
+    cfg: ExperimentConfig, run: RunFolder, data: StageResult, base_id: str, label: str = ""
+):
     """Fine-tune with `cfg.train.strategy` on the data stage's shards; resumable in place.
+    `label` names the stage (`train-<label>`; default: the strategy).
 
     The workers read the shards from the data stage's location, and rank 0 writes the export
     into this stage's location (in storage for a remote run): the driver moves no weights."""
@@ -121,7 +125,7 @@ def train_stage(cfg: ExperimentConfig, run: RunFolder, data: StageResult, base_i
             "final_loss": result.final_metrics.get("loss"),
         }
 
-    return run_stage(run, f"train-{strategy}", inputs, work, cfg.to_yaml())
+    return run_stage(run, f"train-{label or strategy}", inputs, work, cfg.to_yaml())
 
 
 def _folder_name(location: str | Path | None) -> str | None:
@@ -178,7 +182,8 @@ def earlier_evaluations(run: RunFolder, label: str) -> list[str]:
 
     index = storage.join(run.location, INDEX_FILE)
     named = json.loads(storage.read_text(index)).get("stages", {}) if storage.is_file(index) else {}
-    found = {p.name for p in run.local.glob(f"eval-{label}-*") if p.is_dir()}
+    mine = re.compile(rf"eval-{re.escape(label)}-[0-9a-f]+")  # not eval-full-seed1-* for full
+    found = {p.name for p in run.local.glob(f"eval-{label}-*") if mine.fullmatch(p.name)}
     return sorted(found | ({named[f"eval-{label}"]} if f"eval-{label}" in named else set()))
 
 
@@ -255,21 +260,24 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> Path:
     run.local.mkdir(parents=True, exist_ok=True)
     (run.local / "config.yaml").write_text(cfg.to_yaml())
     run.publish("config.yaml")
-    earlier = {m: earlier_evaluations(run, m) for m in ["base", *cfg.run.strategies]}
+    seeds = cfg.run.seeds or [None]
+    trainings = [(s, seed, seeded_label(s, seed)) for seed in seeds for s in cfg.run.strategies]
+    earlier = {m: earlier_evaluations(run, m) for m in ["base", *(t[2] for t in trainings)]}
     index = new_index(run, cfg.name, cfg.run.strategies)
 
     base_id = base_model_id(cfg)
     data = data_stage(cfg, run, base_id)
     record_stage(run, index, data)
     trained = {}
-    for strategy in cfg.run.strategies:
-        trained[strategy] = train_stage(strategy_config(cfg, strategy), run, data, base_id)
-        record_stage(run, index, trained[strategy])
+    for strategy, seed, label in trainings:
+        settings = strategy_config(cfg, strategy, seed)
+        trained[label] = train_stage(settings, run, data, base_id, label)
+        record_stage(run, index, trained[label])
     if cfg.run.evaluate_base:
         record_stage(run, index, eval_stage(cfg, run, "base", base_id, earlier=earlier["base"]))
-    for strategy, stage in trained.items():
+    for label, stage in trained.items():
         model, adapter = trained_weights(stage)
-        evaluated = eval_stage(cfg, run, strategy, stage.key, model, adapter, earlier[strategy])
+        evaluated = eval_stage(cfg, run, label, stage.key, model, adapter, earlier[label])
         record_stage(run, index, evaluated)
     finish_index(run, index)
     report = build_report([run.local], run.local / "report")

@@ -149,6 +149,21 @@ def test_run_overrides_are_validated_per_strategy(tmp_path: Path) -> None:
         load_config(CONFIGS / "tiny.yaml", {"run.overrides": {"dpo": {}}})
 
 
+def test_seeds_set_each_trainings_seed_over_the_strategy_overrides() -> None:
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        {"run.seeds": [0, 2], "run.overrides": {"lora": {"train.seed": 99}}},
+    )
+    assert [strategy_config(cfg, "lora", s).train.seed for s in cfg.run.seeds] == [0, 2]
+    assert strategy_config(cfg, "lora").train.seed == 99  # no seeds: the override's
+    keys = {strategy_config(cfg, "full", s).fingerprint("train") for s in (0, 2)}
+    assert len(keys) == 2  # a training stage per seed
+    with pytest.raises(ConfigError, match="seeds must be unique"):
+        load_config(CONFIGS / "tiny.yaml", {"run.seeds": [1, 1]})
+    with pytest.raises(ConfigError, match="seeds must be >= 0"):
+        load_config(CONFIGS / "tiny.yaml", {"run.seeds": [-1]})
+
+
 def test_overlays_merge_onto_the_recipe_before_overrides(tmp_path: Path) -> None:
     """One recipe, a per-cluster overlay: nested sections merge key by key, lists are
     replaced, `--set` still wins, and errors name the recipe and the overlay."""

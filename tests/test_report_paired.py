@@ -171,3 +171,68 @@ def test_the_headline_is_generated_from_the_paired_numbers():
     assert "Device-hours per point gained over the base: Full fine-tuning" in text
     close = headline(compare(study(full=0.6, lora=0.6)), COSTS, benchmarks=2)
     assert "Full fine-tuning vs LoRA **+0.0 points**" in close and "within noise" in close
+
+
+# ------------------------------------------------------------------------ seeds and budgets
+def seeded_scores() -> pd.DataFrame:
+    rows = []
+    for model, accs in (("base", [0.30]), ("full-seed0", [0.50]), ("full-seed1", [0.60])):
+        for bench, shift in (("medqa", 0.0), ("headqa", 0.1)):
+            for acc in accs:
+                rows.append(
+                    {"model": model, "protocol": "letter", "level": "task",
+                     "benchmark": bench, "acc": acc + shift, "stderr": 0.05, "n": 100}
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_models_trained_per_seed_are_averaged_and_their_spread_reported():
+    from med42ray.config import seeded_label, split_seed
+    from med42ray.report.comparison import mean_over_seeds, seed_table
+
+    assert split_seed(seeded_label("full", 3)) == ("full", 3) and split_seed("base") == (
+        "base",
+        None,
+    )
+    means = mean_over_seeds(seeded_scores()).set_index(["model", "benchmark"])
+    assert set(means.index.get_level_values("model")) == {"base", "full"}
+    assert means.loc[("full", "medqa"), "acc"] == pytest.approx(0.55)
+    assert means.loc[("full", "headqa"), "n"] == 100
+    (row,) = seed_table(seeded_scores()).to_dict("records")  # the average; base has no seeds
+    assert (row["model"], row["benchmark"], row["seeds"]) == ("full", "average", 2)
+    assert row["mean"] == pytest.approx(0.60) and row["sd"] == pytest.approx(0.1 / np.sqrt(2))
+    assert row["each"] == "55.0, 65.0"
+    unseeded = seeded_scores()[lambda f: ~f["model"].str.contains("seed")]
+    assert mean_over_seeds(unseeded) is unseeded and seed_table(unseeded).empty
+
+
+def test_seeds_are_pooled_in_the_paired_predictions(tmp_path):
+    from med42ray.report.comparison import read_predictions
+
+    folders = {}
+    for label, correct in (("base", [0, 1]), ("lora-seed0", [1, 1]), ("lora-seed1", [1, 0])):
+        folders[label] = tmp_path / label
+        folders[label].mkdir()
+        frame = predictions(label, correct).drop(columns=["model", "seed"])
+        frame.to_parquet(folders[label] / "predictions.parquet")
+    read = read_predictions(folders.items())
+    assert sorted(read["model"].unique()) == ["base", "lora"]
+    assert sorted(read.loc[read["model"] == "lora", "seed"].unique()) == [0.0, 1.0]
+    assert read.loc[read["model"] == "base", "seed"].isna().all()
+
+
+def test_matched_budgets_are_stated_from_the_training_records():
+    from med42ray.report.comparison import budget_sentence
+
+    same = pd.DataFrame(
+        {"strategy": ["full", "lora"], "data_key": ["abc", "abc"], "tokens": [1200, 1200],
+         "steps": [6, 6]}
+    )  # fmt: skip
+    assert budget_sentence(same) == (
+        "Matched: all 2 trainings read the prepared data `abc` and saw 1,200 non-padding "
+        "tokens in 6 steps."
+    )
+    other = same.assign(tokens=[1200, 1100], data_key=["abc", "abd"])
+    assert (
+        budget_sentence(other) == "Not matched: the trainings differ in data, tokens (table below)."
+    )

@@ -24,11 +24,16 @@ from med42ray.benchmarks import task_groups
 from med42ray.data.manifest import CATEGORIES
 from med42ray.eval.metrics import WEIGHTED
 from med42ray.report.comparison import (
+    budget_section,
     compare,
     cost_per_point,
+    mean_over_seeds,
     paired_numbers,
     paired_section,
     read_predictions,
+    seed_numbers,
+    seed_section,
+    seed_table,
 )
 from med42ray.report.comparison import headline as comparison_headline
 from med42ray.report.plots import accuracy_bars, loss_curves
@@ -207,6 +212,14 @@ def devices_per_worker(resources: dict) -> float:
     return float(resources.get("gpus_per_worker", 1)) if resources["use_gpu"] else 1.0
 
 
+def tokens_seen(steps: pd.DataFrame) -> int:
+    """Non-padding tokens of all steps, all workers (before the `tokens` metric: rate x time,
+    each step's count to the nearest token)."""
+    if "tokens" in steps:
+        return int(steps["tokens"].sum())
+    return int((steps["real_tokens_per_s"] * steps["step_time_s"]).round().sum())
+
+
 def read_training(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row of cost figures per trained model, per-step loss history of each)."""
     costs, histories = [], []
@@ -219,9 +232,13 @@ def read_training(runs: list[Run]) -> tuple[pd.DataFrame, pd.DataFrame]:
             label = run.model_label(strategy, several)
             real_tokens = float((steps["real_tokens_per_s"] * steps["step_time_s"]).sum())
             resources = config["resources"]
+            stage = json.loads((folder / "stage.json").read_text())
             costs.append(
                 {
                     "strategy": label,
+                    "data_key": stage.get("inputs", {}).get("data", ""),
+                    "tokens": tokens_seen(steps),
+                    "label_tokens": int(steps.get("label_tokens", pd.Series([-1])).sum()),
                     "trainable_params": int(result["trainable_params"]),
                     "total_params": int(result["total_params"]),
                     "peak_memory_gb": float(steps["peak_memory_mb"].max()) / 1024,
@@ -577,7 +594,8 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     runs = load_runs([Path(d) for d in run_dirs])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    scores = read_scores(runs)
+    seeded = read_scores(runs)
+    scores, seeds = mean_over_seeds(seeded), seed_table(seeded)
     costs, history = read_training(runs)
     counts, removed, decon = read_data(runs)
     predictions = read_predictions(eval_folders(runs))
@@ -588,7 +606,8 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     write_tables(
         out,
         {
-            "accuracy": scores,
+            "accuracy": seeded,
+            "seeds": seeds,
             "paired": paired,
             "cost_per_point": per_point,
             "agreement": agreement,
@@ -600,11 +619,12 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
             "benchmarks": provenance,
         },
     )
-    fixed = costs.drop(columns=[c for c in MEASURED if c in costs])
+    fixed = costs.drop(columns=[c for c in (*MEASURED, "data_key") if c in costs])
     numbers = all_numbers(with_average(scores), fixed, counts, removed)
     extra = [clean_numbers(clean)] if len(clean) else []
     extra += [agreement_numbers(agreement)] if len(agreement) else []
     extra += [paired_numbers(paired)] if len(paired) else []
+    extra += [seed_numbers(seeds)] if len(seeds) else []
     numbers = pd.concat([numbers, *extra], ignore_index=True)
     numbers.to_csv(out / "numbers.csv", index=False)
 
@@ -622,8 +642,12 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
         parts.append(_section("Headline", comparison_headline(paired, costs, benchmarks)))
     if len(scores):
         parts += accuracy_sections(runs, scores, first, out)
+    if len(seeds):
+        parts.append(_section("Seeds", seed_section(seeds)))
     if len(paired):
         parts.append(_section("Paired differences (points)", paired_section(paired)))
+    if len(costs):
+        parts.append(_section("Matched budgets", budget_section(costs)))
     if len(agreement):
         parts.append(agreement_section(agreement))
     if len(protocols):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from med42ray.benchmarks import task_groups
+from med42ray.config import split_seed
 from med42ray.report.paired import LEVEL, RESAMPLES, paired_differences
 from med42ray.report.tables import (
     AVERAGE,
@@ -18,6 +19,7 @@ from med42ray.report.tables import (
     ordered_benchmarks,
     row_title,
     to_markdown,
+    with_average,
 )
 
 #: (a, b) within one run: a - b
@@ -35,7 +37,9 @@ def read_predictions(evaluations: Iterable[tuple[str, Path]]) -> pd.DataFrame:
         if not path.is_file():
             continue
         scored = pd.read_parquet(path, columns=["protocol", "benchmark", "item_id", "correct"])
-        frames.append(scored.assign(model=label, seed=float("nan"))[PREDICTION_COLUMNS])
+        model, seed = split_seed(label)
+        seed = float("nan") if seed is None else seed
+        frames.append(scored.assign(model=model, seed=seed)[PREDICTION_COLUMNS])
     if not frames:
         return pd.DataFrame(columns=PREDICTION_COLUMNS)
     return pd.concat(frames, ignore_index=True).astype({"item_id": str, "correct": bool})
@@ -130,7 +134,10 @@ def cost_per_point(paired: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     columns = ["protocol", "strategy", "benchmark", "gain_points", "device_hours_per_point"]
     if not len(paired) or not len(costs):
         return pd.DataFrame(columns=columns)
-    hours = dict(zip(costs["strategy"], device_hours(costs), strict=True))
+    trainings = costs.assign(
+        model=costs["strategy"].map(lambda s: split_seed(s)[0]), hours=device_hours(costs)
+    )
+    hours = trainings.groupby("model")["hours"].mean().to_dict()  # one training, over seeds
     groups = {AVERAGE, *task_groups()}
     over_base = paired[paired["b"].str.rpartition("/")[2].eq("base")]
     over_base = over_base[over_base["benchmark"].isin(groups) & over_base["a"].isin(hours)]
@@ -167,3 +174,80 @@ def paired_section(paired: pd.DataFrame) -> str:
         for protocol in dict.fromkeys(paired["protocol"])
     ]
     return PAIRED_MEANING + "\n\n" + "\n\n".join(tables)
+
+
+# ------------------------------------------------------------------------------------ seeds
+def mean_over_seeds(scores: pd.DataFrame) -> pd.DataFrame:
+    """Scores with models trained once per seed (`full-seed0`, `full-seed1`) as one model
+    each: the mean accuracy over its seeds, with the mean of their item-level standard errors
+    (the spread over seeds is `seed_table`'s)."""
+    models = scores["model"].map(lambda m: split_seed(m)[0])
+    if models.equals(scores["model"]):
+        return scores
+    keys = [c for c in ("model", "protocol", "level", "benchmark") if c in scores]
+    grouped = scores.assign(model=models).groupby(keys, sort=False)
+    means = grouped.agg(acc=("acc", "mean"), stderr=("stderr", "mean"), n=("n", "first"))
+    return means.reset_index()
+
+
+SEED_COLUMNS = ["protocol", "model", "benchmark", "seeds", "mean", "sd", "min", "max", "each"]
+
+
+def seed_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per model trained with several seeds, protocol and group (the average, MMLU clinical,
+    USMLE): each seed's accuracy, their mean, standard deviation, min and max."""
+    rows = with_average(scores)
+    rows = rows[rows["level"].isin(["average", "group"])]
+    split = rows["model"].map(split_seed)
+    rows = rows.assign(model=split.map(lambda x: x[0]), seed=split.map(lambda x: x[1]))
+    rows = rows[rows["seed"].notna()].sort_values("seed", kind="stable")
+    if not len(rows):
+        return pd.DataFrame(columns=SEED_COLUMNS)
+    grouped = rows.groupby(["protocol", "model", "benchmark"], sort=False)["acc"]
+    table = grouped.agg(seeds="count", mean="mean", sd="std", min="min", max="max")
+    table["each"] = grouped.agg(lambda acc: ", ".join(f"{100 * a:.1f}" for a in acc))
+    return table.reset_index()[SEED_COLUMNS]
+
+
+def seed_numbers(table: pd.DataFrame) -> pd.DataFrame:
+    """`numbers.csv` rows (section `seeds`, subject `protocol: model`)."""
+    rows = [
+        ("seeds", f"{r.protocol}: {r.model}", r.benchmark, metric, float(r[metric]))
+        for _, r in table.iterrows()
+        for metric in ("seeds", "mean", "sd", "min", "max")
+    ]
+    return pd.DataFrame(rows, columns=["section", "subject", "item", "metric", "value"])
+
+
+def seed_section(table: pd.DataFrame) -> str:
+    shown = table.assign(
+        benchmark=table["benchmark"].map(row_title),
+        **{c: (100 * table[c]).round(2) for c in ("mean", "sd", "min", "max")},
+    )
+    return (
+        "Accuracy (%) of each model trained once per seed (`run.seeds`), on the average and "
+        "the groups: every seed's figure, their mean (the accuracy table's) and standard "
+        "deviation.\n\n" + to_markdown(shown)
+    )
+
+
+# -------------------------------------------------------------------------- matched budgets
+def budget_sentence(costs: pd.DataFrame) -> str:
+    """Whether every training read the same prepared data for the same tokens and steps."""
+    fields = {"data_key": "data", "tokens": "tokens", "steps": "steps"}
+    present = {k: v for k, v in fields.items() if k in costs}
+    differ = [name for key, name in present.items() if costs[key].nunique(dropna=False) > 1]
+    if not differ:
+        first = costs.iloc[0]
+        return (
+            f"Matched: all {len(costs)} trainings read the prepared data `{first['data_key']}` "
+            f"and saw {int(first['tokens']):,} non-padding tokens in {int(first['steps'])} steps."
+        )
+    return "Not matched: the trainings differ in " + ", ".join(differ) + " (table below)."
+
+
+def budget_section(costs: pd.DataFrame) -> str:
+    table = costs[["strategy", "data_key", "steps", "tokens", "label_tokens"]].rename(
+        columns={"data_key": "data", "tokens": "tokens seen", "label_tokens": "label tokens"}
+    )
+    return budget_sentence(costs) + "\n\n" + to_markdown(table)

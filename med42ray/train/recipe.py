@@ -355,6 +355,7 @@ class FinetuneRecipe:
             "tokens_per_s": tokens / seconds,
             "real_tokens_per_s": real / seconds,
             "samples_per_s": sums["num_samples"] / seconds,
+            "tokens": int(real),  # non-padding, all workers: the budget the report matches
             "label_tokens": int(sums["num_label_tokens"]),
             "padding_share": 1 - real / tokens if tokens else 0.0,
             "peak_memory_mb": peak_memory_mb(self.use_gpu),
