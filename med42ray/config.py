@@ -594,6 +594,12 @@ class RunConfig(Section):
     )
     evaluate_base: bool = True
     overrides: dict[Literal["full", "lora"], dict[str, Any]] = Field(default_factory=dict)
+    from_sweep: dict[Literal["full", "lora"], str] = Field(
+        default_factory=dict,
+        description="Per strategy, the `--out` folder (or URI) of a finished `med42ray sweep` "
+        "of that strategy: its best trial's values (`best/best.json`) are applied on top of "
+        "`overrides`, so each strategy trains with its own tuned learning rate.",
+    )
     seeds: list[int] = Field(
         default_factory=list,
         description="Train and evaluate every strategy once per seed (as `train.seed`; the "

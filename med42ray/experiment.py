@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from med42ray import storage
-from med42ray.config import ExperimentConfig, seeded_label, strategy_config
+from med42ray.config import ExperimentConfig, seeded_label, strategy_config, with_overrides
 from med42ray.stages import (
     RunFolder,
     StageResult,
@@ -38,6 +38,7 @@ from med42ray.stages import (
     record_stage,
     run_stage,
 )
+from med42ray.tracking import RunTracker
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,37 @@ def check_run_folder(cfg: ExperimentConfig, run: RunFolder) -> None:
         )
 
 
+def best_of_sweep(folder: str, strategy: str) -> dict[str, Any]:
+    """The best trial's values from a finished sweep (`<folder>/best/best.json`), checked to
+    be a sweep of `strategy`."""
+    path = storage.join(folder, "best", "best.json")
+    if not storage.is_file(path):
+        raise FileNotFoundError(
+            f"run.from_sweep.{strategy}: {path}: no such file (a finished sweep's --out folder "
+            "has best/best.json)"
+        )
+    record = json.loads(storage.read_text(path))
+    swept = record.get("strategy", strategy)
+    if swept != strategy:
+        raise ValueError(f"run.from_sweep.{strategy}: {path}: a sweep of {swept}, not {strategy}")
+    return dict(record["config"])
+
+
+def apply_sweeps(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with each `run.from_sweep` strategy's best trial values added to its
+    `run.overrides` (they win over the overrides they share keys with): the run's config.yaml
+    (which keeps `from_sweep`, where they came from) and stage keys then carry the values
+    actually trained with."""
+    if not cfg.run.from_sweep:
+        return cfg
+    overrides = {s: dict(v) for s, v in cfg.run.overrides.items()}
+    for strategy, folder in cfg.run.from_sweep.items():
+        best = best_of_sweep(folder, strategy)
+        overrides[strategy] = {**overrides.get(strategy, {}), **best}
+        log.info("run.from_sweep.%s: %s", strategy, best)
+    return with_overrides(cfg, {"run.overrides": overrides}, "run.from_sweep")
+
+
 # ------------------------------------------------------------------------------ fail fast
 def check_inputs(cfg: ExperimentConfig) -> dict[str, Any]:
     """Open every source and load and check every benchmark, without Ray and without reading a
@@ -240,6 +272,33 @@ def check_inputs(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------- the recipe
+def run_stages(cfg: ExperimentConfig, run: RunFolder, tracker: RunTracker) -> None:
+    """Data; each strategy's fine-tune per seed; evaluation of the base and of every fine-tune;
+    each stage recorded in `run.json` and tracked as it finishes."""
+    seeds = cfg.run.seeds or [None]
+    trainings = [(s, seed, seeded_label(s, seed)) for seed in seeds for s in cfg.run.strategies]
+    earlier = {m: earlier_evaluations(run, m) for m in ["base", *(t[2] for t in trainings)]}
+    index = new_index(run, cfg.name, cfg.run.strategies)
+
+    def record(stage: StageResult) -> StageResult:
+        record_stage(run, index, stage)
+        tracker.stage(stage)
+        return stage
+
+    base_id = base_model_id(cfg)
+    data = record(data_stage(cfg, run, base_id))
+    trained = {}
+    for strategy, seed, label in trainings:
+        settings = strategy_config(cfg, strategy, seed)
+        trained[label] = record(train_stage(settings, run, data, base_id, label))
+    if cfg.run.evaluate_base:
+        record(eval_stage(cfg, run, "base", base_id, earlier=earlier["base"]))
+    for label, stage in trained.items():
+        model, adapter = trained_weights(stage)
+        record(eval_stage(cfg, run, label, stage.key, model, adapter, earlier[label]))
+    finish_index(run, index)
+
+
 def run_experiment(cfg: ExperimentConfig, out: str | Path) -> Path:
     """Data, each strategy's fine-tune, evaluation of base and fine-tunes, report.
 
@@ -250,6 +309,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> Path:
     from med42ray.report import build_report
 
     check_inputs(cfg)
+    cfg = apply_sweeps(cfg)
     run = RunFolder.open(out)
     check_run_folder(cfg, run)
     if run.remote and not cfg.resources.storage_path:
@@ -260,26 +320,15 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path) -> Path:
     run.local.mkdir(parents=True, exist_ok=True)
     (run.local / "config.yaml").write_text(cfg.to_yaml())
     run.publish("config.yaml")
-    seeds = cfg.run.seeds or [None]
-    trainings = [(s, seed, seeded_label(s, seed)) for seed in seeds for s in cfg.run.strategies]
-    earlier = {m: earlier_evaluations(run, m) for m in ["base", *(t[2] for t in trainings)]}
-    index = new_index(run, cfg.name, cfg.run.strategies)
-
-    base_id = base_model_id(cfg)
-    data = data_stage(cfg, run, base_id)
-    record_stage(run, index, data)
-    trained = {}
-    for strategy, seed, label in trainings:
-        settings = strategy_config(cfg, strategy, seed)
-        trained[label] = train_stage(settings, run, data, base_id, label)
-        record_stage(run, index, trained[label])
-    if cfg.run.evaluate_base:
-        record_stage(run, index, eval_stage(cfg, run, "base", base_id, earlier=earlier["base"]))
-    for label, stage in trained.items():
-        model, adapter = trained_weights(stage)
-        evaluated = eval_stage(cfg, run, label, stage.key, model, adapter, earlier[label])
-        record_stage(run, index, evaluated)
-    finish_index(run, index)
-    report = build_report([run.local], run.local / "report")
-    run.publish("report")
+    tracker = RunTracker(
+        cfg.name, run.local, cfg.tune.mlflow_tracking_uri, cfg.model_dump(mode="json")
+    )
+    try:
+        run_stages(cfg, run, tracker)
+        report = build_report([run.local], run.local / "report")
+        run.publish("report")
+    except BaseException:
+        tracker.finish(None, failed=True)
+        raise
+    tracker.finish(report)
     return report

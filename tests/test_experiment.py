@@ -1,6 +1,7 @@
 """The whole experiment, for real: `med42ray run` submitted as a Ray job, stopped midway, resumed.
 
-One small experiment (tiny model, a few optimiser steps per strategy, every benchmark) is
+One small experiment (tiny model, a few optimiser steps per strategy and seed, two seeds,
+every benchmark) is
 submitted with the Job Submission SDK to a real local Ray head. The job is stopped once the
 base model's evaluation has written its first parts, then submitted again: data and training
 must come from the cache, evaluation must continue from its parts, and the run must end with a
@@ -29,13 +30,16 @@ RUN_SETTINGS = [  # on top of the tests' pinned small model: a few steps per str
     "train.max_seq_len=128",
     "train.checkpoint_every=2",
     "eval.batch_size=8",
-    # three protocols side by side (the report's column groups and agreement), generation short
-    "eval.protocols=[{}, {prompt_format: cloze}, {scoring: generate}]",
-    "eval.max_new_tokens=4",
+    # two protocols side by side (the report's column groups and agreement); generation is
+    # tests/test_eval_pipeline.py's
+    "eval.protocols=[{}, {prompt_format: cloze}]",
     "data.near_dedup.enabled=false",  # tests/test_data_pipeline.py covers it; 14 s less here
+    "run.seeds=[0, 1]",  # each strategy trained and scored twice: the study's seeds
 ]
 PLANTED_CONTAMINATIONS = 6  # scripts/make_tiny_data.py plants this many benchmark copies
-PROTOCOLS = ["letter", "cloze", "generate"]
+PROTOCOLS = ["letter", "cloze"]
+SEEDS = [0, 1]
+TRAININGS = [f"{s}-seed{seed}" for s in ("full", "lora") for seed in SEEDS]
 
 
 def run_args() -> list[str]:
@@ -110,9 +114,14 @@ def test_stopped_run_resumes_without_redoing_finished_stages(experiment):
     run_dir, before = experiment["run_dir"], experiment["before"]
     after = stage_records(run_dir)
     names = sorted(name.rsplit("-", 1)[0] for name in after)
-    assert names == ["data", "eval-base", "eval-full", "eval-lora", "train-full", "train-lora"]
+    assert names == sorted(
+        ["data", "eval-base", *(f"{kind}-{t}" for kind in ("eval", "train") for t in TRAININGS)]
+    )
     finished_first = {k for k in before if not k.startswith("eval-base")}
-    assert {k.rsplit("-", 1)[0] for k in finished_first} == {"data", "train-full", "train-lora"}
+    assert {k.rsplit("-", 1)[0] for k in finished_first} == {
+        "data",
+        *(f"train-{t}" for t in TRAININGS),
+    }
     for name in finished_first:  # same folder, same record: not run again
         assert after[name] == before[name]
     base = json.loads(next(run_dir.glob("eval-base-*/eval.json")).read_text())
@@ -139,7 +148,11 @@ def test_report_layout_and_figures(experiment):
     report = experiment["run_dir"] / "report"
     text = (report / "report.md").read_text()
     for section in (
+        "## Headline",
         "## Accuracy",
+        "## Seeds",
+        "## Paired differences",
+        "## Matched budgets",
         "## USMLE by step",
         "## Training cost",
         "## Data",
@@ -159,9 +172,9 @@ def test_report_layout_and_figures(experiment):
     assert "## Agreement between protocols" in text and "## Protocols" in text
     agreement = text.split("## Agreement between protocols")[1].split("\n\n")[2]
     header = [c.strip() for c in agreement.splitlines()[0].strip("|").split("|")]
-    assert header == ["benchmark", "letter ~ cloze", "letter ~ generate", "cloze ~ generate", "n"]
+    assert header == ["benchmark", "letter ~ cloze", "n"]
     pooled = agreement.splitlines()[-1]
-    assert "All benchmarks (items pooled)" in pooled and pooled.count(" / ") == 3 * 2
+    assert "All benchmarks (items pooled)" in pooled and pooled.count(" / ") == 2
     for png in ("accuracy.png", "loss_curves.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "decontaminated" in text and "torch" in text
@@ -172,8 +185,14 @@ def test_report_numbers_reconcile_with_stage_outputs(experiment):
     numbers = pd.read_csv(run_dir / "report" / "numbers.csv")
     acc = numbers[(numbers["section"] == "accuracy") & (numbers["metric"] == "acc")]
     acc = acc.set_index(["subject", "item"])["value"]
+    by_key = numbers.set_index(["section", "subject", "item", "metric"])["value"]
     for model in ("base", "full", "lora"):
-        summary = pd.read_csv(next(run_dir.glob(f"eval-{model}-*/summary.csv")))
+        pattern = f"eval-{model}-[0-9a-f]*" if model == "base" else f"eval-{model}-seed*"
+        folders = sorted(run_dir.glob(pattern))
+        assert len(folders) == (1 if model == "base" else len(SEEDS))
+        summaries = [pd.read_csv(f / "summary.csv") for f in folders]
+        summary = pd.concat(summaries).groupby(["protocol", "level", "benchmark"], sort=False)
+        summary = summary[["acc", "n"]].mean().reset_index()  # over seeds, as the report
         assert list(dict.fromkeys(summary["protocol"])) == PROTOCOLS
         for protocol, part in summary.groupby("protocol"):
             column = f"{protocol}: {model}"
@@ -189,17 +208,16 @@ def test_report_numbers_reconcile_with_stage_outputs(experiment):
             weighted = (mmlu["acc"] * mmlu["n"]).sum() / mmlu["n"].sum()
             assert groups["mmlu_clinical_weighted"] == pytest.approx(weighted)
             assert groups["mmlu_clinical"] == pytest.approx(mmlu["acc"].mean())
-        agreement = pd.read_csv(next(run_dir.glob(f"eval-{model}-*/agreement.csv")))
-        pooled = agreement[agreement["benchmark"] == "all"].set_index("protocol_b")
-        subject = f"{model}: letter ~ cloze"
-        assert numbers.set_index(["section", "subject", "item", "metric"])["value"][
-            ("agreement", subject, "all", "agree")
-        ] == pytest.approx(float(pooled.loc["cloze", "agree"]))
+        agreement = pd.concat(pd.read_csv(f / "agreement.csv") for f in folders)
+        pooled = agreement[agreement["benchmark"] == "all"].groupby("protocol_b")["agree"].mean()
+        assert by_key[("agreement", f"{model}: letter ~ cloze", "all", "agree")] == pytest.approx(
+            float(pooled["cloze"])
+        )
     training = numbers[numbers["section"] == "training"].set_index(["subject", "metric"])
-    for strategy in ("full", "lora"):
-        result = json.loads(next(run_dir.glob(f"train-{strategy}-*/train_result.json")).read_text())
-        assert training.loc[(strategy, "trainable_params"), "value"] == result["trainable_params"]
-        assert training.loc[(strategy, "steps"), "value"] == 3
+    for label in TRAININGS:
+        result = json.loads(next(run_dir.glob(f"train-{label}-*/train_result.json")).read_text())
+        assert training.loc[(label, "trainable_params"), "value"] == result["trainable_params"]
+        assert training.loc[(label, "steps"), "value"] == 3
     manifest = json.loads(next(run_dir.glob("data-*/manifest.json")).read_text())
     data = numbers[numbers["section"] == "data"].set_index(["subject", "metric"])["value"]
     for key in ("read", "kept", "deduplicated", "decontaminated"):
@@ -244,3 +262,51 @@ def test_report_names_where_each_benchmark_came_from(experiment):
     )
     assert medqa["sha256"] == expected.provenance.sha256[:16]
     assert (medqa["form"], int(medqa["items"])) == ("json_lines", expected.provenance.items)
+
+
+def test_seeds_paired_differences_and_the_generated_headline(experiment):
+    report = experiment["run_dir"] / "report"
+    seeds = pd.read_csv(report / "seeds.csv")
+    assert set(seeds["model"]) == {"full", "lora"} and (seeds["seeds"] == len(SEEDS)).all()
+    paired = pd.read_csv(report / "paired.csv")
+    average = paired[(paired["benchmark"] == "average") & (paired["protocol"] == "letter")]
+    average = average.set_index(["a", "b"])
+    assert set(average.index) == {("full", "lora"), ("full", "base"), ("lora", "base")}
+    assert (average["seeds"] == len(SEEDS)).all()
+    base = pd.read_parquet(next(experiment["run_dir"].glob("eval-base-*/predictions.parquet")))
+    assert (average["items"] == (base["protocol"] == "letter").sum()).all()
+    text = (report / "report.md").read_text()
+    headline = text.split("## Headline")[1].split("\n## ")[0]
+    row = average.loc[("full", "lora")]
+    assert f"Full fine-tuning vs LoRA **{100 * row['diff']:+.1f} points**" in headline
+    assert f"CI {100 * row['low']:+.1f} to {100 * row['high']:+.1f}" in headline
+    budgets = text.split("## Matched budgets")[1].split("\n\n")[1]
+    assert budgets.startswith("Matched: all 4 trainings read the prepared data"), budgets
+    assert set(pd.read_csv(report / "cost_per_point.csv")["strategy"]) <= {"full", "lora"}
+
+
+def test_mlflow_holds_the_run_with_a_child_per_stage(experiment):
+    from mlflow.tracking import MlflowClient
+
+    run_dir = experiment["run_dir"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    stages = set(json.loads((run_dir / "run.json").read_text())["stages"])
+    children: dict[str, list] = {}
+    for r in runs:
+        children.setdefault(r.data.tags.get("mlflow.parentRunId", ""), []).append(r)
+    finished = [
+        r
+        for r in children.get("", [])
+        if r.info.status == "FINISHED"
+        and {c.info.run_name for c in children.get(r.info.run_id, [])} == stages
+    ]
+    assert finished, [(r.info.run_name, r.info.status) for r in runs]
+    parent = finished[0]
+    assert parent.data.params["run.seeds"] == "[0, 1]"
+    kids = {c.info.run_name: c for c in children[parent.info.run_id]}
+    history = client.get_metric_history(kids["train-full-seed0"].info.run_id, "loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    assert "acc/letter/medqa" in kids["eval-lora-seed1"].data.metrics
+    artifacts = client.list_artifacts(parent.info.run_id, "report")
+    assert "report/report.md" in {a.path for a in artifacts}

@@ -229,10 +229,19 @@ def test_matched_budgets_are_stated_from_the_training_records():
          "steps": [6, 6]}
     )  # fmt: skip
     assert budget_sentence(same) == (
-        "Matched: all 2 trainings read the prepared data `abc` and saw 1,200 non-padding "
-        "tokens in 6 steps."
+        "Matched: all 2 trainings read the prepared data `abc`, and every strategy saw the "
+        "same budget (1,200 non-padding tokens in 6 steps)."
     )
     other = same.assign(tokens=[1200, 1100], data_key=["abc", "abd"])
-    assert (
-        budget_sentence(other) == "Not matched: the trainings differ in data, tokens (table below)."
+    said = budget_sentence(other)
+    assert said == "Not matched: the trainings differ in data, tokens (table below)."
+    seeded = pd.DataFrame(
+        {"strategy": ["full-seed0", "lora-seed0", "full-seed1", "lora-seed1"],
+         "data_key": ["abc"] * 4, "tokens": [1200, 1200, 1300, 1300], "steps": [6] * 4}
+    )  # fmt: skip
+    assert budget_sentence(seeded).endswith(
+        "(seed 0: 1,200 non-padding tokens in 6 steps; seed 1: 1,300 non-padding tokens in "
+        "6 steps)."
     )
+    unmatched = seeded.assign(tokens=[1200, 1250, 1300, 1300])
+    assert budget_sentence(unmatched).startswith("Not matched: the trainings differ in tokens")

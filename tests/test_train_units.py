@@ -478,22 +478,31 @@ def test_deepspeed_skips_its_inference_only_shm_op():
     assert ds_torch.build_shm_op() is None
 
 
-def test_small_local_files_are_read_by_the_driver(ray_session, tmp_path, monkeypatch):
+def test_small_files_are_read_by_the_driver_local_or_in_object_storage(
+    ray_session, s3_bucket, tmp_path, monkeypatch
+):
     from ray.data.dataset import MaterializedDataset
 
+    from med42ray import storage
     from med42ray.train import data
 
+    line = '{"messages": [{"role": "user", "content": "q"}]}\n'
     chat = tmp_path / "chat.jsonl"
-    chat.write_text('{"messages": [{"role": "user", "content": "q"}]}\n' * 10)
+    chat.write_text(line * 10)
     files, _ = data.chat_files(chat)
-    assert data.small_local_files(files)
+    assert data.small_files(files)
     small = data.read_chat_dataset(chat)
     assert isinstance(small, MaterializedDataset) and small.count() == 10  # read now
+    # a bucket folder of two shards: read by the driver too, in file order, no Ray Data task
+    storage.write_text(f"{s3_bucket}/train/part-0.jsonl", line * 3)
+    storage.write_text(f"{s3_bucket}/train/part-1.jsonl", line.replace('"q"', '"r"') * 2)
+    remote = data.read_chat_dataset(f"{s3_bucket}/train")
+    assert isinstance(remote, MaterializedDataset)
+    assert [r["messages"][0]["content"] for r in remote.take_all()] == ["q"] * 3 + ["r"] * 2
     monkeypatch.setattr(data, "IN_DRIVER_MAX_BYTES", chat.stat().st_size - 1)
-    assert not data.small_local_files(files)  # too big: streamed by Ray Data tasks
+    assert not data.small_files(files)  # too big: streamed by Ray Data tasks
     assert not isinstance(data.read_chat_dataset(chat), MaterializedDataset)
     assert isinstance(data.read_chat_dataset(chat, in_driver=True), MaterializedDataset)
-    assert not data.small_local_files(["s3://bucket/chat.jsonl"])  # remote: streamed
 
 
 def test_ray_train_runs_are_named_by_what_the_weights_depend_on() -> None:

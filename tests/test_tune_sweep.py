@@ -181,3 +181,39 @@ def test_trials_are_logged_to_mlflow(sweep):
     finished = [r for r in runs if r.info.status == "FINISHED"]
     assert len(finished) >= (final["status"] == "TERMINATED").sum()
     assert all("loss" in r.data.metrics for r in finished)
+
+
+def test_a_run_takes_each_strategys_values_from_its_finished_sweep(sweep, tmp_path):
+    from med42ray.config import strategy_config, with_overrides
+    from med42ray.experiment import apply_sweeps
+
+    cfg, out, *_ = sweep
+    record = json.loads((out / "best" / "best.json").read_text())
+    assert record["strategy"] == "full" and set(record["config"]) == {"model.attn_implementation"}
+    run = with_overrides(cfg, {"run.from_sweep": {"full": str(out)}})
+    applied = strategy_config(apply_sweeps(run), "full")
+    assert applied.model.attn_implementation == record["config"]["model.attn_implementation"]
+    assert strategy_config(apply_sweeps(run), "lora").model.attn_implementation is None
+    wrong = with_overrides(cfg, {"run.from_sweep": {"lora": str(out)}})
+    with pytest.raises(ValueError, match=r"run\.from_sweep\.lora: .*a sweep of full, not lora"):
+        apply_sweeps(wrong)
+    missing = with_overrides(cfg, {"run.from_sweep": {"full": str(tmp_path)}})
+    with pytest.raises(FileNotFoundError, match=r"best\.json: no such file"):
+        apply_sweeps(missing)
+
+
+def test_the_recipe_sweeps_search_loras_learning_rate_around_ten_times_fulls():
+    """The field's evidence: LoRA wants roughly 10x full fine-tuning's learning rate; the
+    paper recipes' sweeps are centred accordingly (geometric centres of the searched ranges)."""
+    import math
+
+    from med42ray.tune.space import load_sweep
+
+    def centre(name: str) -> float:
+        low, high = load_sweep(REPO / "sweeps" / name).tune.search_space["train.optimizer.lr"][
+            "loguniform"
+        ]
+        return math.sqrt(low * high)
+
+    ratio = centre("med42-lora-rank-lr.yaml") / centre("med42-fp-lr.yaml")
+    assert ratio == pytest.approx(10, rel=0.01)

@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from med42ray.benchmarks import task_groups
+from med42ray.config import split_seed
 from med42ray.data.manifest import CATEGORIES
 from med42ray.eval.metrics import WEIGHTED
 from med42ray.report.comparison import (
@@ -278,7 +279,12 @@ def read_agreement(runs: list[Run]) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=AGREEMENT_COLUMNS)
-    return pd.concat(frames, ignore_index=True)[AGREEMENT_COLUMNS]
+    agreement = pd.concat(frames, ignore_index=True)[AGREEMENT_COLUMNS]
+    # a model trained once per seed: the mean of its seeds' agreement
+    agreement["model"] = agreement["model"].map(lambda m: split_seed(m)[0])
+    keys = ["model", "benchmark", "protocol_a", "protocol_b"]
+    means = agreement.groupby(keys, sort=False).agg(n=("n", "first"), agree=("agree", "mean"))
+    return means.reset_index()[AGREEMENT_COLUMNS]
 
 
 def read_protocols(runs: list[Run]) -> pd.DataFrame:

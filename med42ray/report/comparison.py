@@ -206,7 +206,13 @@ def seed_table(scores: pd.DataFrame) -> pd.DataFrame:
     grouped = rows.groupby(["protocol", "model", "benchmark"], sort=False)["acc"]
     table = grouped.agg(seeds="count", mean="mean", sd="std", min="min", max="max")
     table["each"] = grouped.agg(lambda acc: ", ".join(f"{100 * a:.1f}" for a in acc))
-    return table.reset_index()[SEED_COLUMNS]
+    table = table.reset_index()
+    protocols = {p: i for i, p in enumerate(dict.fromkeys(table["protocol"]))}
+    benchmarks = {b: i for i, b in enumerate(ordered_benchmarks(list(table["benchmark"])))}
+    rank = table["protocol"].map(protocols) * 10_000 + table["benchmark"].map(benchmarks)
+    models = order_models(list(dict.fromkeys(table["model"])))
+    table = table.assign(_rank=rank, _model=table["model"].map(models.index))
+    return table.sort_values(["_rank", "_model"], kind="stable")[SEED_COLUMNS]
 
 
 def seed_numbers(table: pd.DataFrame) -> pd.DataFrame:
@@ -226,24 +232,33 @@ def seed_section(table: pd.DataFrame) -> str:
     )
     return (
         "Accuracy (%) of each model trained once per seed (`run.seeds`), on the average and "
-        "the groups: every seed's figure, their mean (the accuracy table's) and standard "
-        "deviation.\n\n" + to_markdown(shown)
+        "the groups: their mean (the accuracy table's), standard deviation, min, max and every "
+        "seed's figure in seed order.\n\n" + to_markdown(shown)
     )
 
 
 # -------------------------------------------------------------------------- matched budgets
 def budget_sentence(costs: pd.DataFrame) -> str:
-    """Whether every training read the same prepared data for the same tokens and steps."""
-    fields = {"data_key": "data", "tokens": "tokens", "steps": "steps"}
-    present = {k: v for k, v in fields.items() if k in costs}
-    differ = [name for key, name in present.items() if costs[key].nunique(dropna=False) > 1]
-    if not differ:
-        first = costs.iloc[0]
-        return (
-            f"Matched: all {len(costs)} trainings read the prepared data `{first['data_key']}` "
-            f"and saw {int(first['tokens']):,} non-padding tokens in {int(first['steps'])} steps."
-        )
-    return "Not matched: the trainings differ in " + ", ".join(differ) + " (table below)."
+    """Whether the strategies compared saw the same budget: one prepared data for all
+    trainings, and within each seed the same tokens in the same steps (different seeds draw
+    different orders, so their token counts may differ)."""
+    seeds = costs["strategy"].map(lambda s: split_seed(s)[1])
+    differ = ["data"] if costs["data_key"].nunique() > 1 else []
+    for field in ("tokens", "steps"):
+        if (costs.groupby(seeds.fillna(-1))[field].nunique() > 1).any():
+            differ.append(field)
+    if differ:
+        return "Not matched: the trainings differ in " + ", ".join(differ) + " (table below)."
+    per_seed = costs.groupby(seeds.fillna(-1), sort=True).first()
+    seen = "; ".join(
+        (f"seed {int(seed)}: " if seed >= 0 else "")
+        + f"{int(row['tokens']):,} non-padding tokens in {int(row['steps'])} steps"
+        for seed, row in per_seed.iterrows()
+    )
+    return (
+        f"Matched: all {len(costs)} trainings read the prepared data "
+        f"`{costs['data_key'].iloc[0]}`, and every strategy saw the same budget ({seen})."
+    )
 
 
 def budget_section(costs: pd.DataFrame) -> str:

@@ -69,29 +69,40 @@ def _one_format(where: str, suffixes: list[str]) -> str:
 
 
 IN_DRIVER_MAX_BYTES = 64 * 2**20
-"""Local training files up to this size in all are read by the driver, not streamed."""
+"""Training files up to this size in all (local or in object storage) are read by the driver
+with pyarrow, not by Ray Data tasks."""
 
 
-def small_local_files(files: list[str]) -> bool:
-    """Whether `files` are all local and of at most `IN_DRIVER_MAX_BYTES` in all."""
-    if any("://" in f for f in files):
-        return False
-    return sum(Path(f).stat().st_size for f in files) <= IN_DRIVER_MAX_BYTES
+def small_files(files: list[str]) -> bool:
+    """Whether `files` (local paths or URIs) hold at most `IN_DRIVER_MAX_BYTES` in all."""
+    from med42ray import storage
+
+    total = 0
+    for file in files:
+        fs, inner = storage.filesystem(file)
+        total += fs.get_file_info(inner).size or 0
+        if total > IN_DRIVER_MAX_BYTES:
+            return False
+    return True
 
 
 def read_chat_dataset(path: str | Path, in_driver: bool = False):
     """A Ray Data dataset of the `messages` column of the chat files at `path`.
 
-    Small local files (`small_local_files`) are read now, in the driver: read tasks cost
-    more to start than to run. Other files are read lazily by Ray Data tasks, streamed to the
-    workers, unless `in_driver` (a cluster with no CPU left beside the workers, where read
-    tasks could not run later): then they are read now too, by Ray Data, materialised.
+    Small files (`small_files`, local or in object storage) are read now, in the driver, with
+    pyarrow: read tasks cost more to start than to run, and on a cluster whose CPUs the
+    training workers (or a sweep's trials) hold they wait for the autoscaler (75-115 s per
+    trial in the rehearsal's sweep, for 2 small shards). Other files are read lazily by Ray
+    Data tasks, streamed to the workers, unless `in_driver` (a cluster with no CPU left beside
+    the workers, where read tasks could not run later): then they are read now, by Ray Data,
+    materialised.
     """
     import ray.data
 
     files, fmt = chat_files(path)
-    in_driver = in_driver or small_local_files(files)
-    if in_driver and not any("://" in f for f in files):
+    small = small_files(files)
+    in_driver = in_driver or small
+    if small:
         ds = ray.data.from_arrow(_read_messages(files, fmt))
     elif fmt == "parquet":
         ds = ray.data.read_parquet(files, columns=["messages"])
@@ -103,15 +114,19 @@ def read_chat_dataset(path: str | Path, in_driver: bool = False):
 
 
 def _read_messages(files: list[str], fmt: str):
-    """The `messages` column of local chat files, in file order, as one pyarrow table."""
+    """The `messages` column of chat files (paths or URIs), in file order, as one table."""
     import pyarrow as pa
     import pyarrow.json as pj
     import pyarrow.parquet as pq
 
+    from med42ray import storage
+
     def one(file: str) -> pa.Table:
+        fs, inner = storage.filesystem(file)
         if fmt == "parquet":
-            return pq.read_table(file, columns=["messages"])
-        table = pj.read_json(file)
+            return pq.read_table(inner, columns=["messages"], filesystem=fs)
+        with fs.open_input_stream(inner) as stream:
+            table = pj.read_json(stream)
         if "messages" not in table.column_names:
             raise ValueError(f"{file}: no `messages` field: expected chat-schema records")
         return table.select(["messages"])

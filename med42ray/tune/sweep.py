@@ -40,6 +40,7 @@ import pandas as pd
 from med42ray import storage
 from med42ray.cluster import init_ray
 from med42ray.config import ConfigError, ExperimentConfig, parse_config
+from med42ray.tracking import tracking_uri
 from med42ray.train.checkpoint import checkpoint_location
 from med42ray.tune.space import apply_trial, param_space
 
@@ -312,8 +313,8 @@ def _scheduler(cfg: ExperimentConfig):
 def _mlflow_callbacks(cfg: ExperimentConfig, out: Path, name: str) -> list[Any]:
     """Ray's MLflow logger, when `mlflow` is installed.
 
-    Tracking URI: `tune.mlflow_tracking_uri`, else `MLFLOW_TRACKING_URI`, else a local SQLite
-    store `out/mlflow.db` (MLflow 3 refuses new file stores by default).
+    Tracking URI: `med42ray.tracking.tracking_uri` (the config's, the environment's, else
+    `out/mlflow.db`), the store `med42ray run` logs to.
     """
     try:
         import mlflow  # noqa: F401
@@ -322,11 +323,7 @@ def _mlflow_callbacks(cfg: ExperimentConfig, out: Path, name: str) -> list[Any]:
         return []
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    uri = (
-        cfg.tune.mlflow_tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    )
+    uri = tracking_uri(cfg.tune.mlflow_tracking_uri, out)
     return [
         MLflowLoggerCallback(
             tracking_uri=uri,
@@ -449,6 +446,7 @@ def export_best(cfg: ExperimentConfig, table: pd.DataFrame, dest: Path) -> Path 
     written = {k: v for k, v in (("model", exported.model), ("adapter", exported.adapter)) if v}
     record = {
         "trial_id": row["trial_id"],
+        "strategy": cfg.train.strategy,
         "metric": cfg.tune.metric,
         "mode": cfg.tune.mode,
         "value": float(row[cfg.tune.metric]),
