@@ -8,8 +8,10 @@ report's files as artifacts. Sweeps log their trials through Ray's MLflow callba
 store (`tracking_uri`).
 
 Tracking URI: `tune.mlflow_tracking_uri`, else `MLFLOW_TRACKING_URI`, else a SQLite store
-`OUT/mlflow.db` beside the run (MLflow 3 refuses new file stores by default). Without `mlflow`
-installed (the `mlflow` extra) nothing is logged, and a log line says so.
+`OUT/mlflow.db` beside the run (MLflow 3 refuses new file stores by default), its artifacts in
+`OUT/mlartifacts` (MLflow's default, `./mlruns`, would land in whatever folder the command was
+started from). Without `mlflow` installed (the `mlflow` extra) nothing is logged, and a log
+line says so.
 """
 
 from __future__ import annotations
@@ -80,7 +82,13 @@ class RunTracker:
         self.uri = tracking_uri(configured_uri, out)
         self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(name)
-        self.experiment = found.experiment_id if found else self.client.create_experiment(name)
+        beside = self.uri == tracking_uri(None, out) and not os.environ.get("MLFLOW_TRACKING_URI")
+        artifacts = (Path(out) / "mlartifacts").resolve().as_uri() if beside else None
+        self.experiment = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(name, artifact_location=artifacts)
+        )
         self.parent = self.client.create_run(
             self.experiment, run_name=f"run {Path(out).name}", tags={"med42ray.out": str(out)}
         ).info.run_id
