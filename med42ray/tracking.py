@@ -19,13 +19,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 MAX_PARAM = 500  # MLflow's limit on a param value's length
-NOT_IN_NAMES = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in a metric name (`+`)
+NOT_IN_NAMES = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in a name (`+`)
+
+
+def mlflow_name(name: str) -> str:
+    """`name` as MLflow takes a param or metric name: refused characters as `_`, and no
+    `/` where the name would not be its own normalised path (`hf://org/x`: a source in a
+    stage's inputs)."""
+    name = NOT_IN_NAMES.sub("_", name)
+    return name if posixpath.normpath(name) == name else name.replace("/", "_")
 
 
 def tracking_uri(configured: str | None, out: Path) -> str:
@@ -63,7 +72,7 @@ def curve(folder: Path) -> list[tuple[str, float, int]]:
 def accuracies(summary: dict[str, Any]) -> dict[str, float]:
     """An evaluation stage's `acc` summary as `acc/<protocol>/<benchmark>` metrics."""
     return {
-        NOT_IN_NAMES.sub("_", f"acc/{protocol}/{bench}"): float(value)
+        mlflow_name(f"acc/{protocol}/{bench}"): float(value)
         for protocol, by_bench in summary.get("acc", {}).items()
         for bench, value in by_bench.items()
     }
@@ -97,7 +106,7 @@ class RunTracker:
     def _params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in params.items()]
+        items = [Param(mlflow_name(k), v) for k, v in params.items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit
             self.client.log_batch(run_id, params=items[start : start + 100])
 
@@ -105,7 +114,7 @@ class RunTracker:
         from mlflow.entities import Metric
 
         stamp = 0  # fixed timestamps: the same stage logs the same entries
-        items = [Metric(k, v, stamp, step) for k, v, step in points]
+        items = [Metric(mlflow_name(k), v, stamp, step) for k, v, step in points]
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start : start + 1000])
 

@@ -12,7 +12,8 @@ from med42ray.stages import StageResult
 
 def stage(folder: Path, name: str, summary: dict, metrics: list[dict] | None = None):
     folder.mkdir(parents=True)
-    record = {"name": name, "key": "k" + name[-3:], "inputs": {"data": "abc"}, "wall_s": 1.5}
+    inputs = {"data": "abc", "sources": {"hf://GBaker/MedQA-USMLE-4-options": "sha"}}
+    record = {"name": name, "key": "k" + name[-3:], "inputs": inputs, "wall_s": 1.5}
     (folder / "stage.json").write_text(json.dumps(record))
     if metrics:
         (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
@@ -48,6 +49,8 @@ def test_a_run_is_a_parent_with_a_child_per_stage(tmp_path, monkeypatch):
     train = kids["train-full-seed0"]
     assert train.data.tags["med42ray.cached"] == "false"
     assert train.data.params["inputs.data"] == "abc"
+    # a hub source in a stage's inputs (the data stage's): a name MLflow takes
+    assert train.data.params["inputs.sources.hf:__GBaker_MedQA-USMLE-4-options"] == "sha"
     history = client.get_metric_history(train.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0), (3, 0.0)]
     evaluation = kids["eval-full-seed0"].data.metrics
