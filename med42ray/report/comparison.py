@@ -36,7 +36,9 @@ def read_predictions(evaluations: Iterable[tuple[str, Path]]) -> pd.DataFrame:
         path = folder / "predictions.parquet"
         if not path.is_file():
             continue
-        scored = pd.read_parquet(path, columns=["protocol", "benchmark", "item_id", "correct"])
+        scored = pd.read_parquet(path)
+        if "protocol" not in scored:  # scored before protocols: named by its scoring mode
+            scored["protocol"] = scored.get("scoring", "")
         model, seed = split_seed(label)
         seed = float("nan") if seed is None else seed
         frames.append(scored.assign(model=model, seed=seed)[PREDICTION_COLUMNS])
