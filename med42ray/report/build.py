@@ -51,6 +51,7 @@ from med42ray.report.tables import (
     to_markdown,
     with_average,
     with_columns,
+    with_protocol,
 )
 from med42ray.stages import read_index
 
@@ -114,10 +115,7 @@ def eval_summaries(runs: list[Run]) -> Iterator[tuple[str, pd.DataFrame]]:
     """(model label, the evaluation's summary.csv) for every evaluation of every run (a
     summary from before protocols has one, named by its scoring mode)."""
     for label, folder in eval_folders(runs):
-        summary = pd.read_csv(folder / "summary.csv", keep_default_na=False)
-        if "protocol" not in summary:
-            summary["protocol"] = summary["scoring"]
-        yield label, summary
+        yield label, with_protocol(pd.read_csv(folder / "summary.csv", keep_default_na=False))
 
 
 def read_scores(runs: list[Run]) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from med42ray.report.tables import (
     row_title,
     to_markdown,
     with_average,
+    with_protocol,
 )
 
 #: (a, b) within one run: a - b
@@ -36,9 +37,11 @@ def read_predictions(evaluations: Iterable[tuple[str, Path]]) -> pd.DataFrame:
         path = folder / "predictions.parquet"
         if not path.is_file():
             continue
-        scored = pd.read_parquet(path)
-        if "protocol" not in scored:  # scored before protocols: named by its scoring mode
-            scored["protocol"] = scored.get("scoring", "")
+        import pyarrow.parquet as pq
+
+        present = set(pq.read_schema(path).names)
+        wanted = ["protocol", "scoring", "benchmark", "item_id", "correct"]
+        scored = with_protocol(pd.read_parquet(path, columns=[c for c in wanted if c in present]))
         model, seed = split_seed(label)
         seed = float("nan") if seed is None else seed
         frames.append(scored.assign(model=model, seed=seed)[PREDICTION_COLUMNS])

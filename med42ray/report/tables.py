@@ -54,6 +54,14 @@ PAPER_ROWS: list[tuple[str, str]] = [
 MODEL_ORDER = ["base", "full", "lora"]
 
 
+def with_protocol(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a `protocol` column: scores from before protocols are named by their
+    scoring mode (`scoring`)."""
+    if "protocol" not in frame:
+        frame = frame.assign(protocol=frame.get("scoring", ""))
+    return frame
+
+
 def protocols_of(scores: pd.DataFrame) -> list[str]:
     """The protocols in `scores` (a `protocol` column), in order of appearance."""
     return list(dict.fromkeys(scores["protocol"])) if "protocol" in scores else [""]
