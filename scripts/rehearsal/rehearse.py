@@ -178,9 +178,11 @@ class Rehearsal:
                 summary = json.load(r)["data"]["summary"]
         except Exception:
             return []
+        # "ip" comes from a node's reporter agent: a node that died, or whose agent has not
+        # reported yet, has only the raylet's own address
         return [
             {
-                "ip": n["ip"],
+                "ip": n.get("ip") or n["raylet"].get("nodeManagerAddress", ""),
                 "state": n["raylet"]["state"],
                 "resources": n["raylet"].get("resourcesTotal") or {},
             }
