@@ -299,6 +299,21 @@ def report_command(
     typer.echo(f"report: {out_location}/report.md")
 
 
+@app.command("status")
+def status_command(
+    out: Annotated[str, typer.Argument(help="Run folder of `med42ray run` (local or s3://...).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Where a run stands: each stage's state, wall time, folder, log and training progress.
+
+    Works while the run goes on and after it finished, failed or was killed.
+    """
+    from med42ray.status import format_status, run_status
+
+    status = run_status(out)
+    typer.echo(json.dumps(status, indent=2) if as_json else format_status(status))
+
+
 @app.command()
 def doctor(
     config: ConfigArg,

@@ -6,9 +6,16 @@ the content of its input files, the keys of the stages before it). It is marked 
 a stage that was stopped midway runs again in the same folder, where its own resume logic
 (training checkpoints, evaluation's finished items) picks up what was already done.
 
-`RUN_DIR/run.json` (the run index) names the current folder of every stage, so a report can be
-rebuilt from whatever has finished. Everything here writes atomically (`atomic_write`,
-`atomic_dir`): a crash never leaves a half-written marker, index or output folder.
+`RUN_DIR/run.json` (the run index) names the current folder of every finished stage (`stages`),
+so a report can be rebuilt from whatever has finished. So that `med42ray status` can tell where
+a run stands from its folder alone, also while it runs or after it was killed, the index also
+names the stages planned (`planned`, in order), the folder of each stage as it starts
+(`started`) and the driver process (`driver`: pid and host); a stage's folder holds
+`running.json` (pid, host, start time) while its work runs and `failed.json` (the exception in
+one line) when it raised. Both are removed once the marker is written: a process killed without
+cleanup leaves `running.json` naming a pid that is gone. Everything here writes atomically
+(`atomic_write`, `atomic_dir`): a crash never leaves a half-written marker, index or output
+folder.
 
 A run folder may live in object storage (`--out s3://bucket/run`, a `RunFolder` with a
 `remote`): the driver then works in a local copy, each finished stage is uploaded before its
@@ -27,6 +34,7 @@ import logging
 import os
 import platform
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -40,6 +48,8 @@ from med42ray import storage
 log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
 INDEX_FILE = "run.json"
+RUNNING_FILE = "running.json"
+FAILED_FILE = "failed.json"
 _HASH_CHUNK = 1 << 20
 PACKAGES = (
     "med42ray",
@@ -174,16 +184,28 @@ def _as_run(run: RunFolder | Path) -> RunFolder:
     return run if isinstance(run, RunFolder) else RunFolder(Path(run))
 
 
-def new_index(run: RunFolder | Path, name: str, strategies: list[str]) -> dict[str, Any]:
-    """Start `run.json` for a run: its name, strategies, start time and package versions."""
+def this_process() -> dict[str, Any]:
+    """{"pid", "host"}: who runs a run or a stage, as `run.json` and `running.json` say."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def new_index(
+    run: RunFolder | Path, name: str, strategies: list[str], planned: list[str] | None = None
+) -> dict[str, Any]:
+    """Start `run.json` for a run: its name, strategies, the stages `planned` (names, in order),
+    start time, driver process and package versions."""
     run = _as_run(run)
     index = {
         "name": name,
         "strategies": strategies,
         "stages": {},
+        "started": {},
         "started_at": time.time(),
+        "driver": this_process(),
         "versions": {"python": platform.python_version(), **package_versions()},
     }
+    if planned is not None:
+        index["planned"] = list(planned)
     _write_index(run, index)
     return index
 
@@ -204,13 +226,36 @@ def read_index(run_dir: Path) -> dict[str, Any]:
 
 def record_stage(run: RunFolder | Path, index: dict[str, Any], stage: StageResult) -> None:
     """Name `stage`'s folder in the index and write it."""
+    run = _as_run(run)
+    _started_since(run, index)
     index["stages"][stage.name] = stage.folder.name
-    _write_index(_as_run(run), index)
+    _write_index(run, index)
 
 
 def finish_index(run: RunFolder | Path, index: dict[str, Any]) -> None:
+    run = _as_run(run)
+    _started_since(run, index)
     index["finished_at"] = time.time()
-    _write_index(_as_run(run), index)
+    _write_index(run, index)
+
+
+def _note_started(run: RunFolder, name: str, rel: str) -> None:
+    """Name a stage's folder in `run.json`'s `started` as the stage starts (in the file: the
+    driver's `index` learns it in `record_stage`). No-op for a stage run outside a run."""
+    path = run.local / INDEX_FILE
+    if path.is_file():
+        index = json.loads(path.read_text())
+        index.setdefault("started", {})[name] = rel
+        _write_index(run, index)
+
+
+def _started_since(run: RunFolder, index: dict[str, Any]) -> None:
+    """Add to `index` the stages `run_stage` noted as started in `run.json`, so that writing
+    `index` keeps them."""
+    path = run.local / INDEX_FILE
+    if path.is_file():
+        noted = json.loads(path.read_text()).get("started", {})
+        index["started"] = {**index.get("started", {}), **noted}
 
 
 @dataclass(frozen=True)
@@ -293,8 +338,12 @@ def run_stage(
     if resolved_config is not None:
         (folder / "config.yaml").write_text(resolved_config)
     log.info("stage %s: running in %s", name, location)
-    start = time.time()
-    summary = work(folder)
+    start = _mark_running(run, name, rel)
+    try:
+        summary = work(folder)
+    except Exception as err:
+        _mark_failed(run, rel, err)
+        raise
     record = {
         "name": name,
         "key": key,
@@ -307,4 +356,37 @@ def run_stage(
     run.publish(rel)
     write_json(folder / STAGE_FILE, record)
     run.publish(f"{rel}/{STAGE_FILE}")  # last: the stage is done once this is in storage
+    _drop(run, rel, RUNNING_FILE, FAILED_FILE)  # after the marker, which outranks them
     return StageResult(name, key, folder, summary, cached=False, location=location)
+
+
+def _mark_running(run: RunFolder, name: str, rel: str) -> float:
+    """Write the stage's `running.json` (dropping an earlier attempt's `failed.json`) and note
+    its folder in `run.json`; return the start time."""
+    _drop(run, rel, FAILED_FILE)
+    running = {**this_process(), "started_at": time.time()}
+    write_json(run.local / rel / RUNNING_FILE, running)
+    run.publish(f"{rel}/{RUNNING_FILE}")
+    _note_started(run, name, rel)
+    return running["started_at"]
+
+
+def _mark_failed(run: RunFolder, rel: str, err: Exception) -> None:
+    """Write the stage's `failed.json`: the exception's type and first line. Never raises (the
+    stage's own error is the one to see)."""
+    lines = str(err).strip().splitlines()
+    reason = type(err).__name__ + (f": {lines[0].strip()}" if lines else "")
+    reason = reason if len(reason) <= 300 else reason[:297] + "..."
+    try:
+        write_json(run.local / rel / FAILED_FILE, {"error": reason, "failed_at": time.time()})
+        run.publish(f"{rel}/{FAILED_FILE}")
+    except Exception:
+        log.warning("stage %s: could not record the failure", rel, exc_info=True)
+
+
+def _drop(run: RunFolder, rel: str, *names: str) -> None:
+    """Remove files of a stage's folder, locally and in the run's storage."""
+    for name in names:
+        (run.local / rel / name).unlink(missing_ok=True)
+        if run.remote:
+            storage.remove(storage.join(run.remote, rel, name))
