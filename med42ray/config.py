@@ -327,6 +327,18 @@ class ScheduleConfig(Section):
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
 
 
+class CurveConfig(Section):
+    """Benchmark accuracy during training: every `eval_every_checkpoint`-th checkpoint (and the
+    last) is scored on `benchmarks` (names in `eval.benchmarks`; empty: all), `limit` items
+    each, by the first of `eval.protocols`, in a Ray task of its own on the evaluation's
+    resources while training goes on (Ray Train's checkpoint validation). The report plots
+    accuracy against tokens seen, full and LoRA on one figure."""
+
+    eval_every_checkpoint: int = Field(default=0, ge=0, description="0: no curve.")
+    benchmarks: list[str] = Field(default_factory=list)
+    limit: int | None = Field(default=100, gt=0, description="Items per benchmark.")
+
+
 class TrainConfig(Section):
     strategy: Literal["full", "lora"] = "full"
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
@@ -349,6 +361,7 @@ class TrainConfig(Section):
     resume: bool = True
     max_failures: int = Field(default=0, ge=-1)
     seed: int = 42
+    curve: CurveConfig = Field(default_factory=CurveConfig)
 
 
 # --------------------------------------------------------------------------------------- tune
@@ -630,6 +643,16 @@ class ExperimentConfig(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _curve_benchmarks_are_evaluated(self) -> ExperimentConfig:
+        known = [b.name for b in self.eval.benchmarks]
+        unknown = [b for b in self.train.curve.benchmarks if b not in known]
+        if unknown:
+            raise ValueError(
+                f"train.curve.benchmarks: {unknown} not in eval.benchmarks ({', '.join(known)})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _strategy_overrides_apply(self) -> ExperimentConfig:

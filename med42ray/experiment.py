@@ -95,6 +95,7 @@ def train_stage(
 
     The workers read the shards from the data stage's location, and rank 0 writes the export
     into this stage's location (in storage for a remote run): the driver moves no weights."""
+    from med42ray.checkpoint_eval import curve_validation
     from med42ray.train import run_training
 
     strategy = cfg.train.strategy
@@ -115,6 +116,7 @@ def train_stage(
             eval_data=storage.join(data.location, "eval") if has_held_out else None,
             data_key=data.key,
             export_to=run.location_of(folder),
+            validation=curve_validation(cfg, str(run.location_of(folder))),
         )
         return {
             "strategy": strategy,

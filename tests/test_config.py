@@ -85,6 +85,9 @@ def test_cross_field_rules(tmp_path: Path) -> None:
     path = write(tmp_path, f"data:\n  sources: [{src}, {src}]\n")
     with pytest.raises(ConfigError, match="source names must be unique"):
         load_config(path)
+    path = write(tmp_path, "train:\n  curve: {eval_every_checkpoint: 1, benchmarks: [medqa]}\n")
+    with pytest.raises(ConfigError, match=r"train\.curve\.benchmarks: \['medqa'\] not in eval"):
+        load_config(path)
 
 
 def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:

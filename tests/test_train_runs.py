@@ -21,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -62,11 +63,13 @@ PARITY_RTOL = 1e-4
 @pytest.fixture(scope="module")
 def train(ray_session, tiny_model_path, tmp_path_factory):
     """run_training into a fresh folder, shared Ray session."""
+    from med42ray.checkpoint_eval import curve_validation
     from med42ray.train import run_training
 
     def _run(name, cfg, out=None, **kwargs):
         out = out or tmp_path_factory.mktemp(name)
-        return run_training(cfg, FIXTURE, out, **kwargs)
+        where = str(kwargs.get("export_to") or Path(out).resolve())
+        return run_training(cfg, FIXTURE, out, validation=curve_validation(cfg, where), **kwargs)
 
     return _run
 
@@ -271,6 +274,8 @@ def lora_zero3_run(train, tmp_path_factory):
         # into conftest's shared SMALL dict (load_config does not copy it) for later tests
         "train.deepspeed": {"enabled": True, "zero_stage": 3},
         "train.lora.merge_on_export": True,
+        # every checkpoint (here: each run's last) scored off the workers: the LoRA curve
+        "train.curve": {"eval_every_checkpoint": 1, "benchmarks": ["medqa", "pubmedqa"]},
     }
     first = train("lora_zero3", config(**settings, **{"train.max_steps": 3}), out=out)
     second = train("lora_zero3", config(**settings), out=out)
@@ -366,6 +371,8 @@ def s3_run(ray_session, tiny_model_path, bucket, tmp_path_factory):
     every step to S3 (the last 3 kept), the export to S3; rank 1 dies once at step 3, before
     its checkpoint, so Ray Train restarts the workers and they resume from step 2 in S3."""
     from med42ray import storage
+    from med42ray.checkpoint_eval import curve_validation
+    from med42ray.config import with_overrides
     from med42ray.train import run_training
     from med42ray.train.trainer import FAIL_ENV
 
@@ -383,15 +390,22 @@ def s3_run(ray_session, tiny_model_path, bucket, tmp_path_factory):
             "resources.storage_path": f"{bucket}/ckpt",
         }
     )
+    # every second checkpoint scored off the workers, from its own export in the bucket
+    cfg = with_overrides(
+        cfg, {"train.curve": {"eval_every_checkpoint": 2, "benchmarks": ["medqa"]}}
+    )
     os.environ[FAIL_ENV] = f"3:1:{out / 'killed-once'}"
     try:
-        result = run_training(cfg, data, out, export_to=f"{bucket}/export")
+        export = f"{bucket}/export"
+        result = run_training(
+            cfg, data, out, export_to=export, validation=curve_validation(cfg, export)
+        )
     finally:
         os.environ.pop(FAIL_ENV)
     return result, out
 
 
-def test_s3_run_exports_to_the_bucket_and_the_driver_fetches_two_small_files(s3_run, bucket):
+def test_s3_run_exports_to_the_bucket_and_the_driver_fetches_small_files(s3_run, bucket):
     from med42ray import storage
     from med42ray.models import CHECKSUMS_FILE
 
@@ -411,6 +425,8 @@ def test_s3_run_exports_to_the_bucket_and_the_driver_fetches_two_small_files(s3_
     assert not any(rel.startswith("export/") or ".safetensors" in rel for rel in final)
     recorded = json.loads((out / "train_result.json").read_text())["transfers"]
     small = final["trainer_state.json"] + final["metrics.jsonl"]
+    points = storage.list_files(f"{bucket}/export/curve")  # the benchmark curve's, two
+    small += sum(size for rel, size in points.items() if rel.endswith(".json"))
     assert recorded["driver"]["downloaded_bytes"] == small < 64 * 1024
     assert sum(final.values()) > 20 * small  # what `as_directory()` used to fetch
     assert recorded["export_uploaded_bytes"] == sum(files.values())
@@ -456,3 +472,42 @@ def test_s3_resume_fetches_only_each_ranks_own_files(s3_run, zero2_run):
     torch.testing.assert_close(
         torch.tensor(losses(result)), torch.tensor(losses(zero2_run)[:4]), atol=1e-4, rtol=0
     )
+
+
+# ----------------------------------------------------------------- benchmark curves
+def test_lora_curve_points_survive_the_resumed_run(lora_zero3_run):
+    """Each run's last checkpoint scored off the workers: the step-3 point of the first run
+    is still there after the second continued to step 6; the tokens are those trained on."""
+    _, second = lora_zero3_run
+    out = second.metrics_path.parent
+    curve = pd.read_csv(out / "curve.csv")
+    assert list(curve["step"]) == [3, 3, STEPS, STEPS]
+    assert list(curve["benchmark"]) == ["medqa", "pubmedqa"] * 2
+    assert list(curve["n"]) == [17, 13] * 2 and set(curve["protocol"]) == {"letter"}
+    rows = metric_rows(second)
+    tokens = [sum(r["tokens"] for r in rows[:step]) for step in (3, STEPS)]
+    assert list(curve["tokens"].iloc[::2]) == tokens
+    assert curve["acc"].between(0, 1).all()
+
+
+def test_s3_curve_scores_a_checkpoint_from_its_own_export_in_the_bucket(s3_run):
+    from med42ray import storage
+    from med42ray.train.checkpoint import read_state
+
+    result, out = s3_run
+    curve = pd.read_csv(out / "curve.csv")
+    assert list(curve["step"]) == [2, 4] and list(curve["n"]) == [17, 17]
+    checkpoints = sorted(
+        {rel.split("/")[0] for rel in storage.list_files(result.run_dir) if "checkpoint_" in rel}
+        - {"checkpoint_manager_snapshot.json"}
+    )
+    at_two = [c for c in checkpoints if read_state(f"{result.run_dir}/{c}")["step"] == 2]
+    (two,) = at_two
+    assert read_state(f"{result.run_dir}/{two}")["curve_export"] == {"model": "model"}
+    assert "curve_export/model/model.safetensors" in storage.list_files(f"{result.run_dir}/{two}")
+    points = storage.list_files(f"{result.model_dir.rsplit('/', 1)[0]}/curve")
+    assert {"step-000002.json", "step-000004.json"} <= set(points)
+
+
+def metric_rows(result) -> list[dict]:
+    return [json.loads(x) for x in result.metrics_path.read_text().splitlines()]

@@ -518,7 +518,12 @@ def test_ray_train_runs_are_named_by_what_the_weights_depend_on() -> None:
     name = run_name(cfg, data)
     assert name.startswith(f"{cfg.name}-full-")
     assert run_name(cfg, data) == name
-    longer = {"train.max_steps": 99, "train.checkpoint_every": 3, "train.max_failures": 2}
+    longer = {
+        "train.max_steps": 99,
+        "train.checkpoint_every": 3,
+        "train.max_failures": 2,
+        "train.curve.eval_every_checkpoint": 2,  # what is scored along the way
+    }
     assert run_name(with_overrides(cfg, longer), data) == name
     for changed in (
         {"train.strategy": "lora"},
@@ -543,3 +548,38 @@ def test_eval_keys_local_weights_by_content_not_path(tmp_path) -> None:
     (folder / "model.safetensors").write_bytes(b"new weights")
     assert weights_identity(str(folder)) != before
     assert weights_identity("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf@main"
+
+
+def test_curve_scores_every_nth_checkpoint_and_the_last() -> None:
+    from med42ray.config import with_overrides
+    from med42ray.train.curve import curve_due
+
+    from .conftest import small_config
+
+    cfg = small_config(overrides={"train.checkpoint_every": 10})
+    assert not any(curve_due(cfg.train, s, final=s == 100) for s in range(10, 101, 10))
+    every3 = with_overrides(cfg, {"train.curve.eval_every_checkpoint": 3}).train
+    due = [s for s in range(10, 101, 10) if curve_due(every3, s, final=s == 100)]
+    assert due == [30, 60, 90, 100]  # checkpoints 3, 6, 9 and the last
+    # the same checkpoints whatever step a resumed run starts from: counted from step 0
+    assert curve_due(every3, 60, final=False) and not curve_due(every3, 70, final=False)
+
+
+def test_curve_points_round_trip_into_curve_csv(tmp_path) -> None:
+    import pandas as pd
+
+    from med42ray.train.curve import CURVE_FILE, read_points, write_curve, write_point
+
+    for step, acc in ((10, 0.25), (2, 0.5)):
+        benchmarks = {"medqa": {"acc": acc, "acc_stderr": 0.1, "n": 17}}
+        benchmarks["pubmedqa"] = {"acc": acc / 2, "acc_stderr": 0.1, "n": 13}
+        point = {"step": step, "tokens": 100 * step, "protocol": "letter", "benchmarks": benchmarks}
+        write_point(tmp_path / "stage", point)
+    (tmp_path / "stage" / "curve" / "parts").mkdir()  # the scoring's parts live beside them
+    frame = write_curve(tmp_path / "stage", tmp_path)
+    assert frame.equals(pd.read_csv(tmp_path / CURVE_FILE))
+    assert list(frame["step"]) == [2, 2, 10, 10]
+    assert list(frame["benchmark"]) == ["medqa", "pubmedqa"] * 2
+    assert list(frame["tokens"]) == [200, 200, 1000, 1000]
+    assert frame.loc[0, "acc"] == 0.5 and frame.loc[3, "n"] == 13
+    assert read_points(tmp_path / "nowhere").empty

@@ -409,9 +409,11 @@ def score_requests(
     adapter: str | None,
     parts: dict[str, str],
     fail_after_parts: int | None = None,
+    in_process: bool = False,
 ) -> dict[str, Any]:
     """Run the pending requests of every protocol through one set of engine actors (placed by
-    `actor_placement`); `parts` maps each protocol to where its parts go.
+    `actor_placement`), or `in_process` through one engine here; `parts` maps each protocol
+    to where its parts go.
 
     Returns {"scored": requests scored, "actors": their transfers, "placement": ...}.
     """
@@ -429,7 +431,9 @@ def score_requests(
         "parts": {name: str(location) for name, location in parts.items()},
         "fail_after_parts": fail_after_parts,
     }
-    if placement.bundles:
+    if in_process:
+        outputs, where = _score_here(requests, cfg.eval, kwargs), [{"actor": "in process"}]
+    elif placement.bundles:
         outputs, where = _score_in_groups(requests, cfg.eval, placement, kwargs)
     else:
         outputs, where = _score_with_data(requests, cfg.eval, placement, kwargs), []
@@ -438,6 +442,23 @@ def score_requests(
         "actors": actor_transfers(outputs),
         "placement": {**placement.to_dict(), "actors": where},
     }
+
+
+def _score_here(
+    requests: list[dict], ev: EvalConfig, kwargs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One engine in this process, batch after batch: a task that already holds the
+    evaluation's resources (a checkpoint's curve point, `med42ray.checkpoint_eval`) scores a
+    few hundred items faster than an actor pool starts."""
+    per_batch, _ = _batches(requests, ev)
+    scorer = ScoringActor(**kwargs)
+    try:
+        return [
+            scorer(_columns(requests[i : i + per_batch]))
+            for i in range(0, len(requests), per_batch)
+        ]
+    finally:
+        scorer.engine.close()
 
 
 def _score_with_data(
@@ -651,6 +672,7 @@ def run_eval(
     parts: str | None = None,
     earlier_parts: Sequence[str] = (),
     overlap: Path | None = None,
+    in_process: bool = False,
     _fail_after_parts: int | None = None,
 ) -> pd.DataFrame:
     """Score a model on ``cfg.eval.benchmarks`` by every protocol of ``eval``; write the
@@ -665,7 +687,8 @@ def run_eval(
     yet; `earlier_parts` are other evaluations' parts locations whose parts under the same run
     keys are adopted (copied) first. `label` names the model in the tables (default: the model
     id, plus the adapter's name); `overlap` the data stage's `overlap.json`: its items are not
-    `clean` (every item is without it). Returns the summary table.
+    `clean` (every item is without it); `in_process` scores with one engine in this process
+    instead of actors (a task that holds the evaluation's resources). Returns the summary table.
     (`_fail_after_parts` makes each actor raise after writing that many parts: the crash
     the resume tests simulate.)
     """
@@ -689,7 +712,9 @@ def run_eval(
     scored: dict[str, Any] = {"scored": 0, "actors": None, "placement": None}
     if pending:
         where = {r.name: r.parts for r in runs}
-        scored = score_requests(pending, cfg, model_cfg, adapter, where, _fail_after_parts)
+        scored = score_requests(
+            pending, cfg, model_cfg, adapter, where, _fail_after_parts, in_process
+        )
 
     wall = time.perf_counter() - start
     info = {"model": label or model_id, "engine": cfg.eval.engine}

@@ -37,6 +37,8 @@ from med42ray.report.comparison import (
     seed_table,
 )
 from med42ray.report.comparison import headline as comparison_headline
+from med42ray.report.curves import curve_numbers, curve_section, read_curves
+from med42ray.report.html import write_html
 from med42ray.report.plots import accuracy_bars, loss_curves
 from med42ray.report.tables import (
     PAPER_ROWS,
@@ -607,6 +609,12 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     per_point = cost_per_point(paired, costs)
     clean, agreement = read_clean_scores(runs), read_agreement(runs)
     protocols, provenance = read_protocols(runs), read_provenance(runs)
+    several = len(runs) > 1
+    curves = read_curves(
+        (run.model_label(label, several), folder)
+        for run in runs
+        for label, folder in run.stages("train").items()
+    )
     write_tables(
         out,
         {
@@ -618,6 +626,7 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
             "protocols": protocols,
             "training": costs,
             "loss_history": history,
+            "curves": curves,
             "data": counts,
             "decontamination": removed,
             "benchmarks": provenance,
@@ -625,10 +634,17 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     )
     fixed = costs.drop(columns=[c for c in (*MEASURED, "data_key") if c in costs])
     numbers = all_numbers(with_average(scores), fixed, counts, removed)
-    extra = [clean_numbers(clean)] if len(clean) else []
-    extra += [agreement_numbers(agreement)] if len(agreement) else []
-    extra += [paired_numbers(paired)] if len(paired) else []
-    extra += [seed_numbers(seeds)] if len(seeds) else []
+    extra = [
+        numbers_of(table)
+        for numbers_of, table in [
+            (clean_numbers, clean),
+            (agreement_numbers, agreement),
+            (paired_numbers, paired),
+            (seed_numbers, seeds),
+            (curve_numbers, curves),
+        ]
+        if len(table)
+    ]
     numbers = pd.concat([numbers, *extra], ignore_index=True)
     numbers.to_csv(out / "numbers.csv", index=False)
 
@@ -661,8 +677,20 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
     if len(costs):
         parts.append(training_section(costs, per_point))
         loss_curves(history, out / "loss_curves.png")
+    if len(curves):
+        parts.append(_section("Benchmark accuracy during training", curve_section(curves, out)))
     if len(counts):
         parts.append(data_section(counts, removed, decon))
+    parts += appendix_sections(runs, provenance)
+    (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
+    write_html(out)
+    log.info("report written to %s (and report.html)", out / "report.md")
+    return out
+
+
+def appendix_sections(runs: list[Run], provenance: pd.DataFrame) -> list[str]:
+    """Where the benchmarks came from, the package versions and the runs' configs."""
+    parts = []
     if len(provenance):
         parts.append(
             _section(
@@ -673,18 +701,11 @@ def build_report(run_dirs: list[Path], out: Path, title: str | None = None) -> P
             )
         )
     parts.append(_section("Package versions", _versions_table(runs)))
-    parts.append(
-        _section(
-            "Configs",
-            "\n\n".join(
-                f"`{r.label}`:\n\n```yaml\n{(r.folder / 'config.yaml').read_text()}```"
-                for r in runs
-            ),
-        )
+    configs = "\n\n".join(
+        f"`{r.label}`:\n\n```yaml\n{(r.folder / 'config.yaml').read_text()}```" for r in runs
     )
-    (out / "report.md").write_text("\n".join(parts), encoding="utf-8")
-    log.info("report written to %s", out / "report.md")
-    return out
+    parts.append(_section("Configs", configs))
+    return parts
 
 
 def _cell(row: pd.Series) -> str:

@@ -1,4 +1,5 @@
-"""The report's figures (PNG): training loss curves and accuracy per benchmark."""
+"""The report's figures (PNG): training loss curves, accuracy per benchmark, and benchmark
+accuracy during training."""
 
 from __future__ import annotations
 
@@ -73,6 +74,35 @@ def accuracy_bars(
         ax.legend(fontsize=8)
     names = [labels.get(b, b) for b in benchmarks]
     axes[-1, 0].set_xticks(range(len(benchmarks)), names, rotation=40, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_curves(mean: pd.DataFrame, path: Path) -> Path:
+    """Mean curve accuracy against tokens seen: one colour per model (full, LoRA), one line
+    per training (seed) of it (`report.curves.mean_curve`'s frame)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(mean["model"]))}
+    labelled: set[str] = set()
+    for _, frame in mean.groupby("strategy", sort=False):
+        model = frame["model"].iloc[0]
+        ax.plot(
+            frame["tokens"],
+            100 * frame["acc"],
+            "o-",
+            color=colours[model],
+            alpha=0.8,
+            label=None if model in labelled else model,
+        )
+        labelled.add(model)
+    ax.set_xlabel("tokens seen (non-padding, all workers)")
+    ax.set_ylabel(f"mean accuracy over {int(mean['benchmarks'].max())} benchmarks (%)")
+    ax.set_title("Benchmark accuracy during training")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -3,17 +3,20 @@
 A Ray Train checkpoint of this stage holds::
 
     trainer_state.json        step, totals, strategy, precision, data stats, resume transfers,
-                              `export` {kind: location} (the final checkpoint only)
+                              `export` {kind: location} (the final checkpoint only),
+                              `curve_export` {kind: folder under curve_export/} (see below)
     metrics.jsonl             one JSON line of metrics per optimiser step so far (rank 0's view)
     rng_rank00000.pt ...      each rank's RNG state (bit-for-bit resume)
     <engine state>            DeepSpeed's shards (`deepspeed/`, `latest`) or `ddp_state.pt`
 
 The export is not in the checkpoint: rank 0 uploads the Hugging Face folders (with
 `checksums.json`) to `<export_to>/model`, `<export_to>/adapter` (`publish`) and the final
-checkpoint records where. Nobody downloads a whole checkpoint: the driver reads its two small
-files (`read_state`, `read_metrics`), a resuming worker only its own rank's files
-(`rank_files`). :meth:`Exported.weights_to_score` is the one answer to "which weights do we
-score".
+checkpoint records where. A checkpoint scored for the benchmark curve (`train.curve`,
+`med42ray.train.curve`) before the last step holds its own Hugging Face folders under
+`curve_export/`, for the scoring task to load (`curve_weights`). Nobody downloads a whole
+checkpoint: the driver reads its two small files (`read_state`, `read_metrics`), a resuming
+worker only its own rank's files (`rank_files`). :meth:`Exported.weights_to_score` is the one
+answer to "which weights do we score".
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from med42ray import storage
 TRAINER_STATE = "trainer_state.json"
 METRICS_FILE = "metrics.jsonl"
 EXPORT_DIR = "export"  # where checkpoints written before exports moved out held them
+CURVE_EXPORT_DIR = "curve_export"  # a curve point's weights, inside its checkpoint
 
 Location = str | Path
 
@@ -104,6 +108,17 @@ def exported_locations(checkpoint: Any, state: dict[str, Any]) -> dict[str, Loca
             where = storage.join(checkpoint_location(checkpoint), EXPORT_DIR, where)
         found[kind] = as_location(where)
     return found
+
+
+def curve_weights(checkpoint: Any) -> Exported:
+    """The weights to score for a curve point of `checkpoint`: the final export, or the
+    Hugging Face folders an earlier checkpoint holds under `curve_export/`."""
+    state = read_state(checkpoint)
+    found = exported_locations(checkpoint, state)
+    where = checkpoint_location(checkpoint)
+    for kind, rel in (state.get("curve_export") or {}).items():
+        found.setdefault(kind, as_location(storage.join(where, CURVE_EXPORT_DIR, rel)))
+    return Exported(found.get("model"), found.get("adapter"))
 
 
 def publish(folder: Path, location: Location) -> int:

@@ -34,12 +34,14 @@ from med42ray import storage
 from med42ray.config import ExperimentConfig
 from med42ray.models import load_tokenizer, resolve_model_path
 from med42ray.train.checkpoint import (
+    CURVE_EXPORT_DIR,
     METRICS_FILE,
     TRAINER_STATE,
     checkpoint_location,
     publish,
     rng_file,
 )
+from med42ray.train.curve import curve_due
 from med42ray.train.data import RowSchedule, build_schedule, shard_samples
 from med42ray.train.engines import build_engine
 from med42ray.train.metrics import ModelFlops, mfu, peak_flops, peak_memory_mb
@@ -415,9 +417,12 @@ class FinetuneRecipe:
     # ------------------------------------------------------------------------------ save
     def save_checkpoint(self, metrics: dict[str, Any], final: bool = False) -> None:
         """Every worker saves its shard, rank 0 the trainer state; at the end rank 0 also
-        publishes the export to `export_to`, outside the checkpoint, and records where."""
+        publishes the export to `export_to`, outside the checkpoint, and records where. A
+        checkpoint due for the benchmark curve (`curve_due`) is handed to Ray Train's
+        validation task; before the last step it carries its own export (`curve_export/`)."""
         import ray.train
 
+        curve = curve_due(self.cfg.train, self.step, final)
         with (
             staging("ckpt") as tmp,
             staging("export") as export_tmp,
@@ -426,15 +431,27 @@ class FinetuneRecipe:
             self.engine.save(folder, self.rank)
             torch.save(rng_state(), folder / rng_file(self.rank))
             built = self.export(Path(export_tmp)) if final else {}
+            scored = self.export(folder / CURVE_EXPORT_DIR) if curve and not final else {}
             barrier()  # the others wait in `report` (no timeout) while rank 0 uploads
             if self.rank == 0:
                 exported, sent = self.publish(Path(export_tmp), built)
-                (folder / TRAINER_STATE).write_text(
-                    json.dumps(self._state(exported, sent), indent=2)
-                )
+                state = {**self._state(exported, sent), "curve_export": scored}
+                (folder / TRAINER_STATE).write_text(json.dumps(state, indent=2))
                 with open(folder / METRICS_FILE, "w", encoding="utf-8") as fh:
                     fh.writelines(json.dumps(m) + "\n" for m in self.history)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(
+                metrics,
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                validation=self._curve_task() if curve else False,
+            )
+
+    def _curve_task(self) -> Any:
+        """What the curve's scoring task is told about this checkpoint: its step and the
+        tokens seen so far (non-padding, all workers)."""
+        from ray.train import ValidationTaskConfig
+
+        tokens = sum(int(m.get("tokens", 0)) for m in self.history)
+        return ValidationTaskConfig(fn_kwargs={"step": self.step, "tokens": tokens})
 
     def _state(self, exported: dict[str, str], export_bytes: int) -> dict[str, Any]:
         """The trainer state rank 0 writes into a checkpoint."""

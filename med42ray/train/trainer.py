@@ -47,6 +47,7 @@ from med42ray.train.checkpoint import (
     filesystem_location,
     read_metrics,
 )
+from med42ray.train.curve import write_curve
 from med42ray.train.data import read_chat_dataset
 
 #: Test hook: "STEP:RANK:MARKER" makes worker RANK exit once at STEP (see FinetuneRecipe).
@@ -141,6 +142,7 @@ RUN_LENGTH_FIELDS = frozenset(
         "keep_checkpoints",
         "resume",
         "max_failures",
+        "curve",  # what is scored along the way, not what is trained
     }
 )
 
@@ -181,6 +183,7 @@ def build_trainer(
     storage_path: str | None = None,
     reserved_cpus: float = 0.0,
     export_to: Location | None = None,
+    validation: Any | None = None,
 ):
     """The `TorchTrainer` of the training stage: `FinetuneRecipe` on `resources.num_workers`.
 
@@ -188,7 +191,8 @@ def build_trainer(
     `name`/`storage_path` default to `<name>-train` under `resources.storage_path` or
     `out/ray_results`; `reserved_cpus` are CPUs other work (e.g. concurrent sweep trials) holds,
     counted when deciding whether Ray Data can stream next to the workers. Rank 0 publishes
-    the final export to `export_to` (default `out`).
+    the final export to `export_to` (default `out`). `validation` is Ray Train's
+    `ValidationConfig` of the benchmark curve (`med42ray.checkpoint_eval.curve_validation`).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -231,6 +235,7 @@ def build_trainer(
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest),
+        validation_config=validation,
     )
 
 
@@ -283,12 +288,14 @@ def run_training(
     eval_data: str | Path | None = None,
     data_key: str | None = None,
     export_to: Location | None = None,
+    validation: Any | None = None,
 ) -> TrainResult:
     """Fine-tune `cfg.model` on the chat data at `train_data` (a file, folder or URI); publish
     the export to `export_to` (default `out`) and write the run's record under `out`.
 
     The Ray Train run is named by `run_name`: from `data_key` (a data stage's content key)
-    when given, else from the content of the data files."""
+    when given, else from the content of the data files. With `validation` (the benchmark
+    curve's `ValidationConfig`) the points its tasks wrote become `out/curve.csv`."""
     started = time.perf_counter()
     before = storage.transfers()
     out = Path(out).resolve()
@@ -296,8 +303,12 @@ def run_training(
     export_to = export_location(export_to, out)
     data = {"data_stage": data_key} if data_key else data_identity(train_data, eval_data)
     name = run_name(cfg, data)
-    trainer = build_trainer(cfg, train_data, out, eval_data, name=name, export_to=export_to)
+    trainer = build_trainer(
+        cfg, train_data, out, eval_data, name=name, export_to=export_to, validation=validation
+    )
     result = trainer.fit()
+    if validation is not None:
+        write_curve(export_to, out)
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     exported, state = export_checkpoint(result.checkpoint)  # two small files, no download
