@@ -280,7 +280,11 @@ def run_stages(cfg: ExperimentConfig, run: RunFolder, tracker: RunTracker) -> No
     seeds = cfg.run.seeds or [None]
     trainings = [(s, seed, seeded_label(s, seed)) for seed in seeds for s in cfg.run.strategies]
     earlier = {m: earlier_evaluations(run, m) for m in ["base", *(t[2] for t in trainings)]}
-    index = new_index(run, cfg.name, cfg.run.strategies)
+    labels = [t[2] for t in trainings]
+    planned = ["data", *(f"train-{label}" for label in labels)]
+    planned += ["eval-base"] if cfg.run.evaluate_base else []
+    planned += [f"eval-{label}" for label in labels]
+    index = new_index(run, cfg.name, cfg.run.strategies, planned)
 
     def record(stage: StageResult) -> StageResult:
         record_stage(run, index, stage)

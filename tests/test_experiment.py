@@ -35,6 +35,8 @@ RUN_SETTINGS = [  # on top of the tests' pinned small model: a few steps per str
     "eval.protocols=[{}, {prompt_format: cloze}]",
     "data.near_dedup.enabled=false",  # tests/test_data_pipeline.py covers it; 14 s less here
     "run.seeds=[0, 1]",  # each strategy trained and scored twice: the study's seeds
+    # the last checkpoint of each training scored off the workers on two whole benchmarks
+    "train.curve={eval_every_checkpoint: 2, benchmarks: [medqa, pubmedqa]}",
 ]
 PLANTED_CONTAMINATIONS = 6  # scripts/make_tiny_data.py plants this many benchmark copies
 PROTOCOLS = ["letter", "cloze"]
@@ -155,6 +157,7 @@ def test_report_layout_and_figures(experiment):
         "## Matched budgets",
         "## USMLE by step",
         "## Training cost",
+        "## Benchmark accuracy during training",
         "## Data",
         "## Package versions",
         "## Configs",
@@ -175,8 +178,11 @@ def test_report_layout_and_figures(experiment):
     assert header == ["benchmark", "letter ~ cloze", "n"]
     pooled = agreement.splitlines()[-1]
     assert "All benchmarks (items pooled)" in pooled and pooled.count(" / ") == 2
-    for png in ("accuracy.png", "loss_curves.png"):
+    for png in ("accuracy.png", "loss_curves.png", "accuracy_curves.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == text.count("![")  # every figure
+    assert "<table" in page and "Headline" in page
     assert "decontaminated" in text and "torch" in text
 
 
@@ -310,3 +316,36 @@ def test_mlflow_holds_the_run_with_a_child_per_stage(experiment):
     assert "acc/letter/medqa" in kids["eval-lora-seed1"].data.metrics
     artifacts = client.list_artifacts(parent.info.run_id, "report")
     assert "report/report.md" in {a.path for a in artifacts}
+
+
+def test_the_last_checkpoint_curve_point_is_the_evaluation_score(experiment):
+    """Scored off the workers during training, the last checkpoint gives exactly the final
+    evaluation's accuracy on the same (whole) benchmarks by the same protocol: one engine,
+    one set of prompts, the same weights (LoRA: the adapter on the base)."""
+    run_dir = experiment["run_dir"]
+    index = json.loads((run_dir / "run.json").read_text())
+    curves = pd.read_csv(run_dir / "report" / "curves.csv")
+    assert sorted(curves["strategy"].unique()) == sorted(TRAININGS)
+    for label in TRAININGS:
+        curve = curves[curves["strategy"] == label]
+        assert list(curve["step"]) == [3, 3]  # eval_every_checkpoint 2: only the last of two
+        summary = pd.read_csv(run_dir / index["stages"][f"eval-{label}"] / "summary.csv")
+        final = summary[(summary["level"] == "task") & (summary["protocol"] == "letter")]
+        expected = final.set_index("benchmark")["acc"]
+        for row in curve.itertuples():
+            assert row.acc == pytest.approx(expected[row.benchmark], abs=1e-12), label
+    numbers = pd.read_csv(run_dir / "report" / "numbers.csv")
+    assert (numbers["section"] == "curve").sum() == 3 * len(curves)
+    assert index["planned"][:2] == ["data", "train-full-seed0"] and len(index["planned"]) == 10
+
+
+def test_status_of_the_finished_run(experiment):
+    from med42ray.status import format_status, run_status
+
+    status = run_status(experiment["run_dir"])
+    assert status["state"] == "finished"
+    assert [s["name"] for s in status["stages"]] == json.loads(
+        (experiment["run_dir"] / "run.json").read_text()
+    )["planned"]
+    assert {s["state"] for s in status["stages"]} == {"done"}
+    assert len(format_status(status).splitlines()) == 2 + len(status["stages"])
