@@ -59,6 +59,16 @@ OverlayOpt = Annotated[
     ),
 ]
 
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Show Ray's and the libraries' output here too (by default it goes to the run "
+        "folder's logs/<stage>.log and only stage lines, progress and warnings are shown).",
+    ),
+]
+
 
 class UsageFailure(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
@@ -159,13 +169,22 @@ def model_build_tiny(
 
 @data_app.command("prepare")
 def data_prepare(
-    config: ConfigArg, out: OutOpt, overrides: SetOpt = None, overlays: OverlayOpt = None
+    config: ConfigArg,
+    out: OutOpt,
+    overrides: SetOpt = None,
+    overlays: OverlayOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Normalise, filter, deduplicate and decontaminate the config's corpora into OUT."""
     from med42ray.data import prepare_data
+    from med42ray.data.manifest import format_summary
+    from med42ray.experiment import describe_data
 
     cfg = load_config(config, parse_overrides(overrides), overlays or [])
-    prepare_data(cfg, out)  # prints progress and the per-source summary
+    with stage_console(out, verbose) as shown:
+        manifest = prepare_data(cfg, out)
+        shown.stage_finished(out.name, manifest["timings_s"]["total"], describe_data(manifest))
+    typer.echo(format_summary(manifest))
 
 
 @app.command("train")
@@ -177,6 +196,7 @@ def train_command(
     eval_data: EvalDataOpt = None,
     overrides: SetOpt = None,
     overlays: OverlayOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune the config's model (full under DeepSpeed ZeRO, or LoRA) on Ray Train."""
     from med42ray.train import run_training
@@ -186,8 +206,21 @@ def train_command(
         extra["train.strategy"] = strategy
     cfg = load_config(config, extra, overlays or [])
     train_data, held_out = resolve_train_data(out, data, eval_data)
-    result = run_training(cfg, train_data, out, eval_data=held_out)
+    with stage_console(out, verbose) as shown:
+        result = run_training(cfg, train_data, out, eval_data=held_out)
+        shown.stage_finished(out.name, result.wall_time_s)
     typer.echo(json.dumps(result.to_json(), indent=2, default=str))
+
+
+def stage_console(out: Path, verbose: bool):
+    """The console of a one-stage command: its output in `OUT/../logs/<OUT name>.log` (where
+    `run` keeps a stage's), a first line saying where it runs."""
+    from med42ray.console import run_console
+
+    out = Path(out)
+    shown = run_console(out.parent / "logs", verbose, name=out.name)
+    typer.echo(f"{out.name}: running in {out}  (log: {out.parent / 'logs' / out.name}.log)")
+    return shown
 
 
 def resolve_train_data(out: Path, data: str | None, eval_data: str | None):
@@ -240,34 +273,54 @@ def eval_command(
     engine: Annotated[str | None, typer.Option(help="`hf` or `vllm`.")] = None,
     overrides: SetOpt = None,
     overlays: OverlayOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score a model (base, full fine-tune, LoRA adapter or merged) on the config's benchmarks."""
+    import time
+
     from med42ray.eval import run_eval
 
     extra = parse_overrides(overrides)
     if engine:
         extra["eval.engine"] = engine
     cfg = load_config(config, extra, overlays or [])
-    run_eval(cfg, out, model=model, adapter=adapter)
+    started = time.perf_counter()
+    with stage_console(out, verbose) as shown:
+        run_eval(cfg, out, model=model, adapter=adapter)
+        shown.stage_finished(out.name, time.perf_counter() - started)
     typer.echo((out / "summary.md").read_text())
 
 
 @app.command("run")
 def run_command(
-    config: ConfigArg, out: RunOutOpt, overrides: SetOpt = None, overlays: OverlayOpt = None
+    config: ConfigArg,
+    out: RunOutOpt,
+    overrides: SetOpt = None,
+    overlays: OverlayOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """The whole experiment: data, full and LoRA fine-tuning, evaluation of all, report.
 
     Stages are cached in OUT by their inputs: rerunning skips what finished and resumes what
-    was interrupted.
+    was interrupted. The console shows each stage and its progress; everything else is in
+    OUT/logs/<stage>.log (`--verbose` shows it here too).
     """
+    from med42ray.console import run_console
     from med42ray.experiment import run_experiment
-    from med42ray.stages import RunFolder
+    from med42ray.report.summary import average_lines
+    from med42ray.stages import LOGS_DIR, RunFolder
 
     cfg = load_config(config, parse_overrides(overrides), overlays or [])
-    report = run_experiment(cfg, out)
-    typer.echo((report / "report.md").read_text().split("\n## Training cost")[0])
-    typer.echo(f"report: {RunFolder.open(out).location_of(report)}/report.md")
+    folder = RunFolder.open(out)
+    logs = folder.location_of(folder.local / LOGS_DIR)
+    typer.echo(f"med42ray run {config} -> {folder.location}  (logs: {logs}/)")
+    with run_console(folder.local / LOGS_DIR, verbose):
+        report = run_experiment(cfg, out)
+    typer.echo("average accuracy over all benchmarks:")
+    for line in average_lines(report):
+        typer.echo(f"  {line}")
+    where = folder.location_of(report)
+    typer.echo(f"report: {where}/report.md\n        {where}/report.html")
 
 
 @app.command("report")

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from med42ray import storage
+from med42ray import console, storage
 from med42ray.config import ExperimentConfig, seeded_label, strategy_config, with_overrides
 from med42ray.stages import (
     RunFolder,
@@ -84,7 +84,34 @@ def data_stage(cfg: ExperimentConfig, run: RunFolder, base_id: str) -> StageResu
         manifest = prepare_data(cfg, folder)
         return {"totals": manifest["totals"]}
 
-    return run_stage(run, "data", inputs, work, cfg.to_yaml())
+    return run_stage(run, "data", inputs, work, cfg.to_yaml(), describe_data)
+
+
+def describe_data(summary: dict[str, Any]) -> str:
+    """The data stage in one line: records read, kept (train / held out) and removed."""
+    from med42ray.data.manifest import CATEGORIES
+
+    t = summary["totals"]
+    removed = ", ".join(f"{t[k]:,} {k.replace('_', ' ')}" for k in CATEGORIES if t.get(k))
+    return (
+        f"{t['read']:,} records read, {t['kept']:,} kept ({t['kept_train']:,} train, "
+        f"{t['kept_eval']:,} held out)" + (f"; {removed}" if removed else "")
+    )
+
+
+def describe_training(summary: dict[str, Any]) -> str:
+    loss = summary.get("final_loss")
+    share = summary["trainable_params"] / max(summary["total_params"], 1)
+    return (f"final loss {loss:.4f}, " if loss is not None else "") + (
+        f"{summary['trainable_params']:,} trainable parameters ({100 * share:.3g}%)"
+    )
+
+
+def describe_eval(summary: dict[str, Any]) -> str:
+    """Items scored and the mean of the benchmarks' accuracies per protocol."""
+    means = {p: sum(acc.values()) / len(acc) for p, acc in summary["acc"].items() if acc}
+    shown = ", ".join(f"{p} {100 * m:.1f}%" for p, m in means.items())
+    return f"{summary['items']:,} items; mean accuracy of the benchmarks: {shown}"
 
 
 def train_stage(
@@ -128,7 +155,8 @@ def train_stage(
             "final_loss": result.final_metrics.get("loss"),
         }
 
-    return run_stage(run, f"train-{label or strategy}", inputs, work, cfg.to_yaml())
+    name = f"train-{label or strategy}"
+    return run_stage(run, name, inputs, work, cfg.to_yaml(), describe_training)
 
 
 def _folder_name(location: str | Path | None) -> str | None:
@@ -175,7 +203,7 @@ def eval_stage(
         items = int(tasks.groupby("protocol", sort=False)["n"].sum().iloc[0])
         return {"label": label, "items": items, "acc": acc}
 
-    return run_stage(run, f"eval-{label}", inputs, work, cfg.to_yaml())
+    return run_stage(run, f"eval-{label}", inputs, work, cfg.to_yaml(), describe_eval)
 
 
 def earlier_evaluations(run: RunFolder, label: str) -> list[str]:
@@ -285,6 +313,7 @@ def run_stages(cfg: ExperimentConfig, run: RunFolder, tracker: RunTracker) -> No
     planned += ["eval-base"] if cfg.run.evaluate_base else []
     planned += [f"eval-{label}" for label in labels]
     index = new_index(run, cfg.name, cfg.run.strategies, planned)
+    console.current().plan(planned)
 
     def record(stage: StageResult) -> StageResult:
         record_stage(run, index, stage)

@@ -43,13 +43,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from med42ray import storage
+from med42ray import console, storage
 
 log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
 INDEX_FILE = "run.json"
 RUNNING_FILE = "running.json"
 FAILED_FILE = "failed.json"
+PROGRESS_FILE = "progress.json"  # a training's last step, loss, tokens/s (rank 0 writes it)
+LOGS_DIR = "logs"  # OUT/logs/<stage>.log: what each stage printed (`med42ray.console`)
 _HASH_CHUNK = 1 << 20
 PACKAGES = (
     "med42ray",
@@ -319,6 +321,7 @@ def run_stage(
     inputs: dict[str, Any],
     work: Callable[[Path], dict[str, Any]],
     resolved_config: str | None = None,
+    describe: Callable[[dict[str, Any]], str] | None = None,
 ) -> StageResult:
     """Run `work(folder)` unless a finished stage with the same inputs exists; mark it done.
 
@@ -331,18 +334,20 @@ def run_stage(
     location = storage.join(run.location, rel) if run.remote else str(folder)
     run.fetch(rel)
     done = _finished_in(run, rel)
+    shown = console.current()
     if done is not None:
-        log.info("stage %s: cached (%s)", name, location)
+        shown.stage_started(name, location, cached=True)
         return StageResult(name, key, folder, done["summary"], cached=True, location=location)
     folder.mkdir(parents=True, exist_ok=True)
     if resolved_config is not None:
         (folder / "config.yaml").write_text(resolved_config)
-    log.info("stage %s: running in %s", name, location)
+    shown.stage_started(name, location, cached=False)
     start = _mark_running(run, name, rel)
     try:
         summary = work(folder)
     except Exception as err:
-        _mark_failed(run, rel, err)
+        shown.stage_failed(name, _mark_failed(run, rel, err))
+        _publish_logs(run)
         raise
     record = {
         "name": name,
@@ -357,7 +362,18 @@ def run_stage(
     write_json(folder / STAGE_FILE, record)
     run.publish(f"{rel}/{STAGE_FILE}")  # last: the stage is done once this is in storage
     _drop(run, rel, RUNNING_FILE, FAILED_FILE)  # after the marker, which outranks them
+    shown.stage_finished(name, record["wall_s"], describe(summary) if describe else "")
+    _publish_logs(run)
     return StageResult(name, key, folder, summary, cached=False, location=location)
+
+
+def _publish_logs(run: RunFolder) -> None:
+    """Upload the run's `logs/` (a remote run; never fails the stage)."""
+    if run.remote and (run.local / LOGS_DIR).is_dir():
+        try:
+            run.publish(LOGS_DIR)
+        except Exception:
+            log.warning("could not upload %s/%s", run.location, LOGS_DIR, exc_info=True)
 
 
 def _mark_running(run: RunFolder, name: str, rel: str) -> float:
@@ -371,9 +387,9 @@ def _mark_running(run: RunFolder, name: str, rel: str) -> float:
     return running["started_at"]
 
 
-def _mark_failed(run: RunFolder, rel: str, err: Exception) -> None:
-    """Write the stage's `failed.json`: the exception's type and first line. Never raises (the
-    stage's own error is the one to see)."""
+def _mark_failed(run: RunFolder, rel: str, err: Exception) -> str:
+    """Write the stage's `failed.json`: the exception's type and first line; return that
+    reason. Never raises (the stage's own error is the one to see)."""
     lines = str(err).strip().splitlines()
     reason = type(err).__name__ + (f": {lines[0].strip()}" if lines else "")
     reason = reason if len(reason) <= 300 else reason[:297] + "..."
@@ -382,6 +398,7 @@ def _mark_failed(run: RunFolder, rel: str, err: Exception) -> None:
         run.publish(f"{rel}/{FAILED_FILE}")
     except Exception:
         log.warning("stage %s: could not record the failure", rel, exc_info=True)
+    return reason
 
 
 def _drop(run: RunFolder, rel: str, *names: str) -> None:

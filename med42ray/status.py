@@ -27,10 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from med42ray import storage
-from med42ray.stages import FAILED_FILE, INDEX_FILE, RUNNING_FILE, STAGE_FILE, RunFolder
+from med42ray.stages import (
+    FAILED_FILE,
+    INDEX_FILE,
+    LOGS_DIR,
+    PROGRESS_FILE,
+    RUNNING_FILE,
+    STAGE_FILE,
+    RunFolder,
+)
 
-PROGRESS_FILE = "progress.json"
-LOG_DIR = "logs"
 #: How much later than a run's recorded start a process with its pid may have started and
 #: still be it (clock granularity); a later one reuses the pid of a process that is gone.
 _START_SLACK_S = 5.0
@@ -77,7 +83,7 @@ def stage_status(
     where: str, name: str, rel: str | None, index: dict[str, Any], now: float
 ) -> dict[str, Any]:
     """One stage's state, times, folder, log and training progress."""
-    log = storage.join(where, LOG_DIR, f"{name}.log")
+    log = storage.join(where, LOGS_DIR, f"{name}.log")
     row: dict[str, Any] = {
         "name": name,
         "key": rel[len(name) + 1 :] if rel and rel.startswith(f"{name}-") else None,

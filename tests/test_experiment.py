@@ -11,6 +11,7 @@ report whose numbers are exactly those of the stage outputs.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_stopped_run_resumes_without_redoing_finished_stages(experiment):
         assert after[name] == before[name]
     base = json.loads(next(run_dir.glob("eval-base-*/eval.json")).read_text())
     assert base["resumed"] > 0 and base["resumed"] + base["scored"] == base["requests"]
-    assert "stage data: cached" in experiment["logs"]
+    assert re.search(r"^\[1/10\] data +cached ", experiment["logs"], re.MULTILINE)
 
 
 def test_rerun_of_a_finished_run_reuses_every_stage(experiment):
@@ -349,3 +350,28 @@ def test_status_of_the_finished_run(experiment):
     )["planned"]
     assert {s["state"] for s in status["stages"]} == {"done"}
     assert len(format_status(status).splitlines()) == 2 + len(status["stages"])
+
+
+ERROR_LEVEL = re.compile(r"\bERROR\b|\] E \d|^E\d{4}|Traceback|^error:|\bFAILED\b")
+
+
+def test_console_of_the_resubmitted_run(experiment):
+    """What `ray job logs` shows: each planned stage once with its place in the plan (cached or
+    running, then done), the averages and the report's paths; at most 60 lines and none at
+    error level. Ray's, the workers' and the libraries' output is in OUT/logs/<stage>.log."""
+    run_dir, lines = experiment["run_dir"], experiment["logs"].splitlines()
+    planned = json.loads((run_dir / "run.json").read_text())["planned"]
+    assert len(lines) <= 60, experiment["logs"]
+    assert not [line for line in lines if ERROR_LEVEL.search(line)], experiment["logs"]
+    for i, name in enumerate(planned, 1):
+        mine = [line for line in lines if line.startswith(f"[{i}/{len(planned)}] {name} ")]
+        cached = "data" in name or "train" in name  # the first job finished these
+        assert len(mine) == (1 if cached else 2), (name, mine)
+        assert ("cached" in mine[0]) == cached and ("done in" in mine[-1]) != cached
+    assert any(re.match(r" +scoring +\d+/\d+ requests", line) for line in lines)
+    assert lines[-2] == f"report: {run_dir}/report/report.md"
+    assert lines[-1].strip() == f"{run_dir}/report/report.html"
+    logs = run_dir / "logs"
+    assert {"run.log", "eval-base.log", "eval-lora-seed1.log"} <= {p.name for p in logs.iterdir()}
+    assert "ScoringActor" in (logs / "eval-lora-seed1.log").read_text()  # the actors' output
+    assert "train-full-seed0.log" in {p.name for p in logs.iterdir()}  # the stopped first job's

@@ -28,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from med42ray import console
 from med42ray.config import ExperimentConfig
 from med42ray.data.decontam import Decontaminate
 from med42ray.data.dedup import ExactDedup, NearDedup
@@ -58,17 +59,20 @@ class Laps:
         self.verbose = verbose
         self.start = self.last = time.perf_counter()
         self.timings: dict[str, float] = {}
+        self.progress = console.current().progress("data", None, "phases")
 
     def restart(self) -> None:
         self.last = time.perf_counter()
 
     def __call__(self, name: str) -> None:
         self.timings[name] = round(time.perf_counter() - self.last, 3)
+        self.progress.advance(1, phase=f"{name} done")
         if self.verbose:
             log.info("%s: %.1fs", name, self.timings[name])
         self.restart()
 
     def total(self) -> dict[str, float]:
+        self.progress.close()
         self.timings["total"] = round(time.perf_counter() - self.start, 3)
         return self.timings
 

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from med42ray import console
 from med42ray.benchmarks import (
     BenchmarkError,
     BenchmarkItem,
@@ -71,6 +72,7 @@ from med42ray.benchmarks import (
     load_task,
 )
 from med42ray.config import EvalConfig, ExperimentConfig, ModelConfig, ProtocolConfig
+from med42ray.console import Progress
 from med42ray.data.overlap import read_overlap
 from med42ray.eval.metrics import agreement, summarise, to_markdown
 from med42ray.eval.prompts import PromptFormat, format_task
@@ -431,12 +433,18 @@ def score_requests(
         "parts": {name: str(location) for name, location in parts.items()},
         "fail_after_parts": fail_after_parts,
     }
-    if in_process:
-        outputs, where = _score_here(requests, cfg.eval, kwargs), [{"actor": "in process"}]
-    elif placement.bundles:
-        outputs, where = _score_in_groups(requests, cfg.eval, placement, kwargs)
-    else:
-        outputs, where = _score_with_data(requests, cfg.eval, placement, kwargs), []
+    shown = console.current()
+    progress = shown.progress("scoring", len(requests), "requests")
+    try:
+        if in_process:
+            outputs = _score_here(requests, cfg.eval, kwargs, progress)
+            where = [{"actor": "in process"}]
+        elif placement.bundles:
+            outputs, where = _score_in_groups(requests, cfg.eval, placement, kwargs, progress)
+        else:
+            outputs, where = _score_with_data(requests, cfg.eval, placement, kwargs, progress), []
+    finally:
+        progress.close()
     return {
         "scored": sum(len(o["key"]) for o in outputs),
         "actors": actor_transfers(outputs),
@@ -445,7 +453,7 @@ def score_requests(
 
 
 def _score_here(
-    requests: list[dict], ev: EvalConfig, kwargs: dict[str, Any]
+    requests: list[dict], ev: EvalConfig, kwargs: dict[str, Any], progress: Progress
 ) -> list[dict[str, Any]]:
     """One engine in this process, batch after batch: a task that already holds the
     evaluation's resources (a checkpoint's curve point, `med42ray.checkpoint_eval`) scores a
@@ -454,15 +462,25 @@ def _score_here(
     scorer = ScoringActor(**kwargs)
     try:
         return [
-            scorer(_columns(requests[i : i + per_batch]))
+            _counted(scorer(_columns(requests[i : i + per_batch])), progress)
             for i in range(0, len(requests), per_batch)
         ]
     finally:
         scorer.engine.close()
 
 
+def _counted(output: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """`output` (a scored batch), its requests counted on `progress`."""
+    progress.advance(len(output["key"]))
+    return output
+
+
 def _score_with_data(
-    requests: list[dict], ev: EvalConfig, placement: Placement, kwargs: dict[str, Any]
+    requests: list[dict],
+    ev: EvalConfig,
+    placement: Placement,
+    kwargs: dict[str, Any],
+    progress: Progress,
 ) -> list[dict[str, Any]]:
     """One engine per actor of a Ray Data actor pool (`eval.num_actors`), one shard each."""
     import ray.data
@@ -481,11 +499,15 @@ def _score_with_data(
         num_gpus=placement.num_gpus,
         resources=placement.resources or None,
     )
-    return list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    return [_counted(b, progress) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
 
 
 def _score_in_groups(
-    requests: list[dict], ev: EvalConfig, placement: Placement, kwargs: dict[str, Any]
+    requests: list[dict],
+    ev: EvalConfig,
+    placement: Placement,
+    kwargs: dict[str, Any],
+    progress: Progress,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Tensor parallelism: `eval.num_actors` plain Ray actors, each in bundle 0 of a placement
     group of its own (`create_groups`), two batches in flight per actor.
@@ -515,7 +537,7 @@ def _score_in_groups(
                 actor = free.pop()
                 pending[actor.score_batch.remote(queue.pop())] = actor
             (ref,), _ = ray.wait(list(pending), num_returns=1)
-            outputs.append(ray.get(ref))
+            outputs.append(_counted(ray.get(ref), progress))
             free.append(pending.pop(ref))
         return outputs, where
     finally:

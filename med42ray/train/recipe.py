@@ -33,6 +33,7 @@ import torch
 from med42ray import storage
 from med42ray.config import ExperimentConfig
 from med42ray.models import load_tokenizer, resolve_model_path
+from med42ray.stages import PROGRESS_FILE
 from med42ray.train.checkpoint import (
     CURVE_EXPORT_DIR,
     METRICS_FILE,
@@ -50,6 +51,8 @@ from med42ray.train.packing import Row, collate
 from med42ray.train.strategies import build_strategy, count_parameters
 
 log = logging.getLogger(__name__)
+#: Seconds between two progress records of a training in object storage (a PUT each).
+PROGRESS_EVERY_S = 10.0
 
 
 def all_reduce(values: list[float], device, op: str = "sum") -> list[float]:
@@ -161,6 +164,7 @@ class FinetuneRecipe:
         self.resumed_from: int | None = None
         self.resume_record: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
+        self._progress_at = 0.0
 
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -321,12 +325,35 @@ class FinetuneRecipe:
             if self.has_eval and (final or (t.eval_every and self.step % t.eval_every == 0)):
                 metrics["eval_loss"] = self.evaluate()
             self.history.append(metrics)
+            if self.rank == 0:
+                self._report_progress(metrics, final)
             if final or (t.checkpoint_every and self.step % t.checkpoint_every == 0):
                 self.save_checkpoint(metrics, final=final)
             elif self.step % t.log_every == 0:
                 import ray.train
 
                 ray.train.report(metrics)
+
+    def _report_progress(self, metrics: dict[str, Any], final: bool) -> None:
+        """The last step, loss and tokens/s in `<export_to>/progress.json`, what the driver's
+        console and `med42ray status` show: every step in a folder, at most every
+        `PROGRESS_EVERY_S` in object storage (one PUT each). Never fails the training."""
+        now = time.time()
+        remote = storage.is_uri(self.export_to)
+        if remote and not final and now - self._progress_at < PROGRESS_EVERY_S:
+            return
+        record = {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "loss": metrics["loss"],
+            "tokens_per_s": metrics["real_tokens_per_s"],
+            "updated_at": now,
+        }
+        try:
+            storage.write_text(storage.join(self.export_to, PROGRESS_FILE), json.dumps(record))
+        except Exception:
+            log.warning("could not write %s/%s", self.export_to, PROGRESS_FILE, exc_info=True)
+        self._progress_at = now
 
     def _train_step(self, batches: list[dict[str, Any]]) -> dict[str, float]:
         """One optimiser step over this worker's micro-batches, the loss normalised by the

@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from med42ray import storage
+from med42ray import console, storage
 from med42ray.cluster import init_ray
 from med42ray.config import ExperimentConfig, ResourcesConfig
-from med42ray.stages import fingerprint_inputs, stage_key
+from med42ray.stages import PROGRESS_FILE, fingerprint_inputs, stage_key
 from med42ray.train.checkpoint import (
     METRICS_FILE,
     Exported,
@@ -281,6 +281,27 @@ def _merge_lora(
     return Exported(as_location(merged["model"]), exported.adapter), merged
 
 
+def follow_training(export_to: str):
+    """The console's bar of a running training: the workers' `<export_to>/progress.json`
+    (step of total, loss, tokens/s), read every few seconds while `fit` runs."""
+    location = storage.join(export_to, PROGRESS_FILE)
+
+    def read() -> dict[str, Any] | None:
+        if not storage.is_file(location):
+            return None
+        last = json.loads(storage.read_text(location))
+        return {
+            "done": last["step"],
+            "total": last["total_steps"],
+            "loss": f"loss {last['loss']:.4f}",
+            "speed": f"{last['tokens_per_s']:,.0f} tok/s",
+        }
+
+    shown = console.current()
+    every_s = 5.0 if storage.is_uri(location) else 1.0
+    return shown.following(shown.progress("training", None, "steps"), read, every_s)
+
+
 def run_training(
     cfg: ExperimentConfig,
     train_data: str | Path,
@@ -306,7 +327,8 @@ def run_training(
     trainer = build_trainer(
         cfg, train_data, out, eval_data, name=name, export_to=export_to, validation=validation
     )
-    result = trainer.fit()
+    with follow_training(export_to):
+        result = trainer.fit()
     if validation is not None:
         write_curve(export_to, out)
     if result.checkpoint is None:
