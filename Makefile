@@ -6,7 +6,7 @@ CONFIG ?= configs/tiny.yaml
 OUT ?= outputs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo doctor test lint format clean rehearsal
+.PHONY: venv demo study doctor test lint format clean rehearsal
 
 venv:
 	@bash scripts/setup_venv.sh
@@ -15,6 +15,11 @@ venv:
 # fine-tuning, evaluation of all three, report (OUT/report/report.md). Rerunning reuses stages.
 demo: venv
 	$(BIN)/med42ray run $(CONFIG) --out $(OUT)
+
+# The comparison with three seeds per strategy (configs/overlays/study.yaml): mean and spread
+# across seeds, paired intervals pooled over them (outputs/study/report/report.md).
+study: venv
+	$(BIN)/med42ray run $(CONFIG) --set-file configs/overlays/study.yaml --out outputs/study
 
 doctor: venv
 	$(BIN)/med42ray doctor $(CONFIG) --out $(OUT)/doctor

@@ -60,6 +60,7 @@ def _small() -> dict[str, Any]:
         "train.checkpoint_every": 20,
         "train.keep_checkpoints": 2,
         "train.log_every": 1,
+        "train.curve": {"eval_every_checkpoint": 0},  # tests that score curves say so
         # one protocol, the reference harness's prompts, whatever the demo config picks
         "eval.protocols": [{"scoring": "loglikelihood", "prompt_format": "multiple_choice"}],
     }
