@@ -57,12 +57,12 @@ class Progress:
     done: int = 0
     fields: dict[str, str] = field(default_factory=dict)
     _bar: Any = None
-    _started: float = 0.0
     _printed: float = 0.0
     _printed_done: int = -1
+    _first: tuple[float, int] | None = None  # (time, count) of the first update with progress
 
     def __post_init__(self) -> None:
-        self._started = self._printed = self.console.clock()
+        self._printed = self.console.clock()
         if self.console.interactive:
             from tqdm.auto import tqdm
 
@@ -87,14 +87,20 @@ class Progress:
             self._bar.update(done - self.done)
             self._bar.set_postfix_str("  ".join(self.fields.values()), refresh=True)
         self.done = done
+        if self._first is None and done > 0:
+            self._first = (self.console.clock(), done)
         if self._bar is None and self.console.clock() - self._printed >= self.console.every_s:
             self._print()
 
     def eta(self) -> str | None:
-        """Time left at the mean rate so far, once something is done."""
-        if not self.total or not self.done or self.done >= self.total:
+        """Time left at the mean rate since the first progress seen (not since the start: a
+        training's workers take a while to start, a resumed one starts past 0)."""
+        if not self.total or self._first is None or self.done >= self.total:
             return None
-        rate = self.done / max(self.console.clock() - self._started, 1e-9)
+        since, first = self._first
+        if self.done <= first:
+            return None
+        rate = (self.done - first) / max(self.console.clock() - since, 1e-9)
         return duration((self.total - self.done) / rate)
 
     def line(self) -> str:
