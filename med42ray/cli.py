@@ -393,11 +393,15 @@ def _stage_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: known failures become one-line errors and non-zero exits."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from med42ray.console import end_quietly
+
     try:
         app(args=argv, standalone_mode=True)
     except (ConfigError, UsageFailure, FileNotFoundError, *_stage_errors()) as err:
         typer.echo("error: " + "; ".join(str(err).splitlines()), err=True)
         sys.exit(2)
+    finally:
+        end_quietly()
 
 
 if __name__ == "__main__":

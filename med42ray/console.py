@@ -267,7 +267,10 @@ class LogCapture:
         self._file, self.name = handle, name
 
     def __exit__(self, *exc: Any) -> None:
+        global _LAST_LOG
         _flush()
+        if self.name is not None:
+            _LAST_LOG = self.log_dir / f"{self.name}.log"
         if self._saved is not None:
             os.dup2(self._saved[0], 1)
             os.dup2(self._saved[1], 2)
@@ -277,6 +280,26 @@ class LogCapture:
             if handle is not None:
                 handle.close()
         self._saved = self._file = self.name = self.console_stream = None
+
+
+_LAST_LOG: Path | None = None  # where the last capture of this process wrote
+
+
+def end_quietly() -> None:
+    """At the end of a command: Ray's shutdown (and the workers' last lines its log monitor
+    still forwards) written to the last capture's log, not after the command's last line."""
+    if _LAST_LOG is None or "ray" not in sys.modules:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        return
+    _flush()
+    with open(_LAST_LOG, "a", encoding="utf-8") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+    ray.shutdown()
+    _flush()
 
 
 def _flush() -> None:
