@@ -57,7 +57,8 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
 
 
 def curve(folder: Path) -> list[tuple[str, float, int]]:
-    """(metric, value, step) of a training stage's `metrics.jsonl`."""
+    """(metric, value, step) of a training stage's `metrics.jsonl`, and its benchmark curve
+    (`curve.csv`: `curve_acc/<benchmark>` by step)."""
     path = folder / "metrics.jsonl"
     if not path.is_file():
         return []
@@ -66,6 +67,14 @@ def curve(folder: Path) -> list[tuple[str, float, int]]:
     for line in path.read_text().splitlines():
         row = json.loads(line) if line.strip() else {}
         points += [(k, float(row[k]), int(row["step"])) for k in keys if row.get(k) is not None]
+    from med42ray.train.curve import CURVE_FILE
+
+    scored = folder / CURVE_FILE
+    if scored.is_file():
+        import pandas as pd
+
+        for row in pd.read_csv(scored).itertuples():
+            points.append((f"curve_acc/{row.benchmark}", float(row.acc), int(row.step)))
     return points
 
 

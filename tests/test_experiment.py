@@ -314,6 +314,8 @@ def test_mlflow_holds_the_run_with_a_child_per_stage(experiment):
     kids = {c.info.run_name: c for c in children[parent.info.run_id]}
     history = client.get_metric_history(kids["train-full-seed0"].info.run_id, "loss")
     assert [m.step for m in history] == [1, 2, 3]
+    scored = client.get_metric_history(kids["train-lora-seed1"].info.run_id, "curve_acc/medqa")
+    assert [m.step for m in scored] == [3]  # the benchmark curve (the last checkpoint only)
     assert "acc/letter/medqa" in kids["eval-lora-seed1"].data.metrics
     artifacts = client.list_artifacts(parent.info.run_id, "report")
     assert "report/report.md" in {a.path for a in artifacts}

@@ -47,10 +47,8 @@ RECIPE = "configs/llama2-7b-full.yaml"
 OVERLAY = "configs/overlays/rehearsal.yaml"
 SWEEP = "sweeps/med42-lora-rank-lr.yaml"
 STAGES = ["data", "train-full", "train-lora", "eval-base", "eval-full", "eval-lora"]
-STAGE_LINE = re.compile(
-    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) med42ray\.stages: stage (\S+): (running|cached)",
-    re.M,
-)
+#: A stage line of `med42ray run`'s console (`med42ray.console`): `[2/6] train-full  running  ...`
+STAGE_LINE = re.compile(r"^\[\d+/\d+\] (\S+) +(running|cached) ", re.M)
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -64,6 +62,7 @@ class Rehearsal:
         self.dashboard = "http://127.0.0.11:8275"
         self.t0 = time.time()
         self.times: dict[str, float] = {}
+        self.stage_seen: dict[str, list[tuple[float, str, str]]] = {}  # job: (when seen, ...)
         self.checks: list[dict[str, Any]] = []
         self.facts: dict[str, Any] = {}
         self.env = dict(
@@ -243,15 +242,9 @@ class Rehearsal:
         return logs
 
 
-def stage_lines(logs: str) -> list[tuple[float, str, str]]:
-    """(epoch seconds, stage, running|cached) for each stage line of a job log."""
-    import datetime as dt
-
-    out = []
-    for stamp, stage, what in STAGE_LINE.findall(logs):
-        t = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        out.append((t, stage, what))
-    return out
+def stage_lines(logs: str) -> list[tuple[str, str]]:
+    """(stage, running|cached) for each stage line of a job log, in order."""
+    return STAGE_LINE.findall(logs)
 
 
 ERROR_LINE = re.compile(r"^(?:\S+ )?([A-Za-z_][\w.]*(?:Error|Exception)): .+$", re.M)
@@ -452,7 +445,7 @@ def main_run(r: Rehearsal, work: Path) -> None:
     if not r.check("resubmitted job succeeded", status == "SUCCEEDED", error_line(logs2) or status):
         print("\n".join(logs2.splitlines()[-80:]))
         r.facts["job2_tail"] = logs2.splitlines()[-40:]
-    cached2 = {s for _, s, what in stage_lines(logs2) if what == "cached"}
+    cached2 = {s for s, what in stage_lines(logs2) if what == "cached"}
     want_cached = {"data", "train-full", "train-lora"}
     r.check("resubmit: data and train stages cached", want_cached <= cached2, sorted(cached2))
     stage_times(r, [(job1, logs1), (job2, logs2)], run_prefix)
@@ -481,13 +474,15 @@ def latest_step(r: Rehearsal, results: str, strategy: str) -> int:
 
 
 def report_stages(r: Rehearsal, job: str, seen: tuple[float, int]) -> tuple[float, int]:
-    """Print the job's new stage lines (every 3 s at most)."""
+    """Print the job's new stage lines (every 3 s at most) and note when each was first seen
+    (`r.stage_seen`: the console's lines carry no time)."""
     last, count = seen
     if time.time() - last < 3:
         return seen
     lines = stage_lines(r.job_logs(job))
-    for t, stage, what in lines[count:]:
-        r.log(f"job {job}: stage {stage}: {what} ({time.strftime('%H:%M:%S', time.localtime(t))})")
+    for stage, what in lines[count:]:
+        r.stage_seen.setdefault(job, []).append((time.time(), stage, what))
+        r.log(f"job {job}: stage {stage}: {what}")
     return time.time(), len(lines)
 
 
@@ -555,23 +550,24 @@ def stop_during_eval(r: Rehearsal, run_prefix: str, job: str, timeline: dict[str
 
 
 def wait_job(r: Rehearsal, job: str, timeout: float) -> str:
-    deadline = time.time() + timeout
+    deadline, seen = time.time() + timeout, (0.0, 0)
     status = "UNKNOWN"
     while time.time() < deadline:
         status = r.job_status(job)
         if status in ("SUCCEEDED", "FAILED", "STOPPED"):
             return status
+        seen = report_stages(r, job, seen)
         time.sleep(1)
     return status
 
 
 def stage_times(r: Rehearsal, jobs: list[tuple[str, str]], run_prefix: str) -> None:
-    """Per stage: its time in the job logs (from its `stage X: running` line to the next stage
-    line, or to the job's end; summed over both jobs: the stopped evaluation ran in each), and
-    its `wall_s` from stage.json (the job that finished it)."""
+    """Per stage: its time in the job (from when its `running` line was first seen, polled
+    every 3 s, to the next stage line, or to the job's end; summed over both jobs: the stopped
+    evaluation ran in each), and its `wall_s` from stage.json (the job that finished it)."""
     spans: dict[str, list[dict[str, Any]]] = {}
-    for job, logs in jobs:
-        lines = stage_lines(logs)
+    for job, _logs in jobs:
+        lines = r.stage_seen.get(job, [])
         try:
             end_ms = r.jobs().get_job_info(job).end_time
         except Exception:
