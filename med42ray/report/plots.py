@@ -4,6 +4,7 @@ accuracy during training."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -32,15 +33,8 @@ def loss_curves(history: pd.DataFrame, path: Path) -> Path:
                 color=line.get_color(),
                 label=f"{strategy} held-out",
             )
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (assistant tokens)")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    ylabel = "loss (assistant tokens)"
+    return _save_line_plot(fig, ax, path, "optimizer step", ylabel, "Training loss")
 
 
 def accuracy_bars(
@@ -98,12 +92,19 @@ def accuracy_curves(mean: pd.DataFrame, path: Path) -> Path:
             label=None if model in labelled else model,
         )
         labelled.add(model)
-    ax.set_xlabel("tokens seen (non-padding, all workers)")
-    ax.set_ylabel(f"mean accuracy over {int(mean['benchmarks'].max())} benchmarks (%)")
-    ax.set_title("Benchmark accuracy during training")
+    ylabel = f"mean accuracy over {int(mean['benchmarks'].max())} benchmarks (%)"
+    title = "Benchmark accuracy during training"
+    return _save_line_plot(fig, ax, path, "tokens seen (non-padding, all workers)", ylabel, title)
+
+
+def _save_line_plot(fig: Any, ax: Any, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label, grid and legend a one-panel line plot, save it as a PNG and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
