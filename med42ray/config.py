@@ -349,6 +349,14 @@ class TrainConfig(Section):
     max_steps: int | None = Field(default=None, gt=0, description="Stop after this many steps.")
     micro_batch_size: int = Field(default=1, gt=0, description="Rows per worker per step.")
     gradient_accumulation_steps: int = Field(default=1, gt=0)
+    data_shards: int | None = Field(
+        default=None,
+        gt=0,
+        description="Split the prepared data into this many fixed shards (a multiple of "
+        "resources.num_workers, dividing the rows of a step over all workers): every worker "
+        "count with the same global batch then trains on the same rows in the same order "
+        "(full and LoRA on different numbers of GPUs). Default: one shard per worker.",
+    )
     max_seq_len: int = Field(default=4096, gt=0)
     packing: bool = True
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -651,6 +659,20 @@ class ExperimentConfig(Section):
         if unknown:
             raise ValueError(
                 f"train.curve.benchmarks: {unknown} not in eval.benchmarks ({', '.join(known)})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _data_shards_fit_the_workers(self) -> ExperimentConfig:
+        t, workers = self.train, self.resources.num_workers
+        if t.data_shards is None:
+            return self
+        step_rows = t.micro_batch_size * t.gradient_accumulation_steps * workers
+        if t.data_shards % workers or step_rows % t.data_shards:
+            raise ValueError(
+                f"train.data_shards: {t.data_shards} must be a multiple of "
+                f"resources.num_workers ({workers}) and divide the rows of a step "
+                f"(micro_batch_size x gradient_accumulation_steps x workers = {step_rows})"
             )
         return self
 

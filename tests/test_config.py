@@ -177,10 +177,10 @@ def test_overlays_merge_onto_the_recipe_before_overrides(tmp_path: Path) -> None
         "resources: {num_workers: 2, use_gpu: false, storage_path: s3://bucket/runs}\n"
         "eval: {benchmarks: [{name: medqa}]}\n"
     )
-    cfg = load_config(recipe, {"resources.num_workers": 3}, [overlay])
+    cfg = load_config(recipe, {"resources.num_workers": 4}, [overlay])
     base = load_config(recipe)
     assert cfg.model.name_or_path == "tiny" and cfg.model.dtype == base.model.dtype
-    assert cfg.resources.storage_path == "s3://bucket/runs" and cfg.resources.num_workers == 3
+    assert cfg.resources.storage_path == "s3://bucket/runs" and cfg.resources.num_workers == 4
     assert cfg.resources.cpus_per_worker == base.resources.cpus_per_worker
     assert [b.name for b in cfg.eval.benchmarks] == ["medqa"]
     assert cfg.train == base.train

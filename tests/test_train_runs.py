@@ -91,6 +91,14 @@ def ddp_run(train):
 
 
 @pytest.fixture(scope="module")
+def one_worker_run(train):
+    """DDP on one worker reading the two fixed data shards `ddp_run`'s two workers read, with
+    the same 4 rows a step (2 micro-batches of 2 rows instead of 2 x 2 of 1)."""
+    settings = {"resources.num_workers": 1, "train.data_shards": 2, "train.micro_batch_size": 2}
+    return train("one_worker", config(**{"train.deepspeed.enabled": False, **settings}))
+
+
+@pytest.fixture(scope="module")
 def zero2_run(train, tmp_path_factory):
     """ZeRO-2, uninterrupted, with a held-out split: the reference for resume and recovery."""
     held_out = tmp_path_factory.mktemp("eval") / "eval.jsonl"
@@ -202,6 +210,23 @@ def test_full_backends_agree(zero2_run, zero3_run, ddp_run):
     """Full fine-tuning: ZeRO-2 and ZeRO-3 follow DDP's loss and gradient-norm curves."""
     assert_same_curves(zero2_run, ddp_run)
     assert_same_curves(zero3_run, ddp_run)
+
+
+def test_fixed_data_shards_train_the_same_steps_on_fewer_workers(one_worker_run, ddp_run):
+    """What lets full fine-tuning and LoRA differ in GPUs yet see the same data: one worker on
+    the two workers' shards, the same global batch, follows their loss and gradient norm, and
+    sees the same tokens at every step."""
+    assert one_worker_run.state["world_size"] == 1
+    assert curve(one_worker_run, "tokens") == curve(ddp_run, "tokens")
+    assert curve(one_worker_run, "label_tokens") == curve(ddp_run, "label_tokens")
+    for key in ("loss", "grad_norm"):
+        torch.testing.assert_close(
+            torch.tensor(curve(one_worker_run, key)),
+            torch.tensor(curve(ddp_run, key)),
+            rtol=PARITY_RTOL,
+            atol=0,
+            msg=lambda m, key=key: f"{key}: {m}",
+        )
 
 
 def test_lora_backends_agree(lora_run, lora_zero3_run, lora_ddp_run):

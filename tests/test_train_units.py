@@ -583,3 +583,47 @@ def test_curve_points_round_trip_into_curve_csv(tmp_path) -> None:
     assert list(frame["tokens"]) == [200, 200, 1000, 1000]
     assert frame.loc[0, "acc"] == 0.5 and frame.loc[3, "n"] == 13
     assert read_points(tmp_path / "nowhere").empty
+
+
+# ------------------------------------------------------------------------ fixed data shards
+def global_steps(world: int, rows_per_worker: int, num_shards: int = 4, steps: int = 12):
+    """Each step's rows over all workers (sorted), for `world` workers reading `num_shards`
+    fixed shards of 100 numbered rows (row i in shard i % num_shards), one per step."""
+    from med42ray.train.data import RowSchedule, ShardedSchedule, owned_shards
+    from med42ray.train.packing import PackStats
+
+    per_shard = rows_per_worker * world // num_shards
+    ranks = []
+    for rank in range(world):
+        schedules = [
+            RowSchedule([i for i in range(100) if i % num_shards == s], PackStats(), per_shard, 7)
+            for s in owned_shards(rank, world, num_shards)
+        ]
+        schedule = ShardedSchedule(schedules)
+        stream = schedule.steps(0, schedule.steps_per_epoch)
+        ranks.append([next(stream)[1] for _ in range(steps)])
+    return [sorted(row for rank in ranks for row in rank[k]) for k in range(steps)]
+
+
+def test_fixed_data_shards_give_every_worker_count_the_same_steps():
+    """Full on 4 workers (2 rows each) and LoRA on 2 (4 rows) or 1 (8 rows): with 4 fixed
+    shards every step holds the same 8 rows, epoch after epoch; one shard per worker does not."""
+    four = global_steps(4, 2)
+    assert four == global_steps(2, 4) == global_steps(1, 8)
+    assert all(len(step) == 8 for step in four) and len({tuple(s) for s in four}) == 12
+    assert global_steps(2, 4, num_shards=2) != four  # one per worker: the order moves
+
+
+def test_data_shards_must_fit_the_workers_and_the_step():
+    from med42ray.config import ConfigError, load_config
+    from tests.conftest import CONFIGS
+
+    cfg = load_config(CONFIGS / "llama2-7b-full.yaml")  # full: 16 x 2 x 4, LoRA: 8 x 4 x 4
+    assert cfg.train.data_shards == 16
+    for shards, bad in ((12, True), (8, True), (256, True), (16, False), (32, False), (128, False)):
+        try:
+            load_config(CONFIGS / "llama2-7b-full.yaml", {"train.data_shards": shards})
+        except ConfigError as err:
+            assert bad and "train.data_shards" in str(err), err
+        else:
+            assert not bad, shards

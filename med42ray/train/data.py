@@ -1,16 +1,18 @@
 """Training data: chat-schema JSONL/Parquet read with Ray Data, tokenised and packed per worker.
 
 The driver opens the files as a Ray Data dataset (only the `messages` column). Every worker
-streams it through `ray.train.get_dataset_shard(name)` in file order and keeps the rows whose
-index is its rank modulo the world size, so the split is the same on every run, which is what
-makes the data order reproducible and a resumed run see exactly the batches it would have seen.
-Rows are then tokenised (assistant-only labels), packed, and served per epoch in a seeded
-shuffle; resuming at step `s` skips the first `s * micro_batch * grad_accum` rows of the epoch.
+streams it through `ray.train.get_dataset_shard(name)` in file order; row `i` is in data shard
+`i % shards` (`train.data_shards`, default one per worker) and a worker keeps the rows of its
+shards (`owned_shards`), so the split is the same on every run, which is what makes the data
+order reproducible and a resumed run see exactly the batches it would have seen. Each shard's
+rows are tokenised (assistant-only labels), packed, and served per epoch in a seeded shuffle
+(`ShardedSchedule`); resuming at step `s` skips the rows of the first `s` steps of the epoch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -134,18 +136,29 @@ def _read_messages(files: list[str], fmt: str):
     return pa.concat_tables([one(f) for f in files], promote_options="permissive")
 
 
-def shard_samples(name: str, tokenizer, max_seq_len: int, rank: int, world: int) -> list[Sample]:
-    """This worker's rows of dataset `name` (index % world == rank), tokenised."""
+def owned_shards(rank: int, world: int, num_shards: int) -> list[int]:
+    """The data shards worker `rank` of `world` trains on: `rank`, `rank + world`, ..."""
+    if num_shards % world:
+        raise ValueError(f"{num_shards} data shards cannot be split over {world} workers")
+    return list(range(rank, num_shards, world))
+
+
+def shard_samples(
+    name: str, tokenizer, max_seq_len: int, shards: list[int], num_shards: int
+) -> dict[int, list[Sample]]:
+    """This worker's rows of dataset `name`, tokenised, by shard: row `i` is in shard
+    `i % num_shards`; only the rows of `shards` are tokenised."""
     import ray.train
 
+    mine: dict[int, list[Sample]] = {shard: [] for shard in shards}
     iterator = ray.train.get_dataset_shard(name)
     if iterator is None:
-        return []
-    samples = []
+        return mine
     for index, row in enumerate(iterator.iter_rows()):
-        if index % world == rank:
-            samples.append(tokenize_chat(tokenizer, row["messages"], max_seq_len))
-    return samples
+        shard = mine.get(index % num_shards)
+        if shard is not None:
+            shard.append(tokenize_chat(tokenizer, row["messages"], max_seq_len))
+    return mine
 
 
 class RowSchedule:
@@ -173,13 +186,43 @@ class RowSchedule:
                 step += 1
 
 
+class ShardedSchedule:
+    """A worker's data shards, each packed on its own and served by its own `RowSchedule`; a
+    step is each shard's rows of that step, in shard order.
+
+    Why fixed shards: with one shard per worker, the packed rows and their order depend on
+    the number of workers, so full fine-tuning on 16 GPUs and LoRA on 8 would see different
+    batches. With `train.data_shards` fixed and the same rows per step over all workers, every
+    step holds the same rows whatever the worker count; the loss, normalised by the step's
+    label tokens over all workers, then does not depend on how they are grouped."""
+
+    def __init__(self, schedules: list[RowSchedule]):
+        self.schedules = schedules
+        self.rows = [row for s in schedules for row in s.rows]
+        self.stats = PackStats(
+            **{f.name: sum(getattr(s.stats, f.name) for s in schedules) for f in fields(PackStats)}
+        )
+        self.steps_per_epoch = min(s.steps_per_epoch for s in schedules)
+
+    def steps(self, start: int, steps_per_epoch: int) -> Iterator[tuple[int, list[Row]]]:
+        """(step, rows of that step) from global step `start` on, forever (epochs repeat)."""
+        streams = [s.steps(start, steps_per_epoch) for s in self.schedules]
+        while True:
+            parts = [next(stream) for stream in streams]
+            yield parts[0][0], [row for _, rows in parts for row in rows]
+
+
 def build_schedule(
-    samples: list[Sample],
+    by_shard: dict[int, list[Sample]],
     max_seq_len: int,
     pad_id: int,
     packing: bool,
-    rows_per_step: int,
+    rows_per_shard: int,
     seed: int,
-) -> RowSchedule:
-    rows, stats = build_rows(samples, max_seq_len, pad_id, packing)
-    return RowSchedule(rows, stats, rows_per_step, seed)
+) -> ShardedSchedule:
+    """Pack each shard's samples and serve `rows_per_shard` rows of each a step."""
+    schedules = []
+    for shard in sorted(by_shard):
+        rows, stats = build_rows(by_shard[shard], max_seq_len, pad_id, packing)
+        schedules.append(RowSchedule(rows, stats, rows_per_shard, seed))
+    return ShardedSchedule(schedules)

@@ -43,7 +43,7 @@ from med42ray.train.checkpoint import (
     rng_file,
 )
 from med42ray.train.curve import curve_due
-from med42ray.train.data import RowSchedule, build_schedule, shard_samples
+from med42ray.train.data import ShardedSchedule, build_schedule, owned_shards, shard_samples
 from med42ray.train.engines import build_engine
 from med42ray.train.metrics import ModelFlops, mfu, peak_flops, peak_memory_mb
 from med42ray.train.optim import resolve_precision
@@ -201,10 +201,13 @@ class FinetuneRecipe:
 
     def _setup_data(self) -> None:
         t = self.cfg.train
-        samples = shard_samples("train", self.tokenizer, t.max_seq_len, self.rank, self.world)
+        num_shards = t.data_shards or self.world
+        shards = owned_shards(self.rank, self.world, num_shards)
+        by_shard = shard_samples("train", self.tokenizer, t.max_seq_len, shards, num_shards)
         rows_per_step = t.micro_batch_size * t.gradient_accumulation_steps
-        self.schedule: RowSchedule = build_schedule(
-            samples, t.max_seq_len, self.pad_id, t.packing, rows_per_step, t.seed
+        rows_per_shard = rows_per_step * self.world // num_shards
+        self.schedule: ShardedSchedule = build_schedule(
+            by_shard, t.max_seq_len, self.pad_id, t.packing, rows_per_shard, t.seed
         )
         # Every worker takes the same number of steps: the smallest shard decides.
         (spe,) = all_reduce([self.schedule.steps_per_epoch], self.device, op="min")
@@ -222,13 +225,13 @@ class FinetuneRecipe:
         self.data_stats["packed_padding_share"] = 1 - totals[4] / totals[5] if totals[5] else 0.0
         self.data_stats["steps_per_epoch"] = self.steps_per_epoch
         eval_samples = (
-            shard_samples("eval", self.tokenizer, t.max_seq_len, self.rank, self.world)
+            shard_samples("eval", self.tokenizer, t.max_seq_len, [self.rank], self.world)
             if "eval" in self.dataset_names
-            else []
+            else {self.rank: []}
         )
         self.eval_rows: list[Row] = (
             build_schedule(eval_samples, t.max_seq_len, self.pad_id, t.packing, 1, 0).rows
-            if eval_samples
+            if eval_samples[self.rank]
             else []
         )
         (has_eval,) = all_reduce([len(self.eval_rows)], self.device)
