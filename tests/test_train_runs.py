@@ -196,6 +196,11 @@ def test_zero3_matches_ddp_and_gathers_the_full_weights(zero3_run, ddp_run):
 
 def assert_same_curves(run, reference) -> None:
     assert (run.state["engine"], reference.state["engine"]) == ("DeepSpeedEngine", "DDPEngine")
+    assert_curves_close(run, reference)
+
+
+def assert_curves_close(run, reference) -> None:
+    """Loss and gradient-norm curves within `PARITY_RTOL`, step by step."""
     for key in ("loss", "grad_norm"):
         torch.testing.assert_close(
             torch.tensor(curve(run, key)),
@@ -219,14 +224,7 @@ def test_fixed_data_shards_train_the_same_steps_on_fewer_workers(one_worker_run,
     assert one_worker_run.state["world_size"] == 1
     assert curve(one_worker_run, "tokens") == curve(ddp_run, "tokens")
     assert curve(one_worker_run, "label_tokens") == curve(ddp_run, "label_tokens")
-    for key in ("loss", "grad_norm"):
-        torch.testing.assert_close(
-            torch.tensor(curve(one_worker_run, key)),
-            torch.tensor(curve(ddp_run, key)),
-            rtol=PARITY_RTOL,
-            atol=0,
-            msg=lambda m, key=key: f"{key}: {m}",
-        )
+    assert_curves_close(one_worker_run, ddp_run)
 
 
 def test_lora_backends_agree(lora_run, lora_zero3_run, lora_ddp_run):
