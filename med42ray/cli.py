@@ -199,6 +199,7 @@ def train_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """Fine-tune the config's model (full under DeepSpeed ZeRO, or LoRA) on Ray Train."""
+    from med42ray.checkpoint_eval import curve_validation
     from med42ray.train import run_training
 
     extra = parse_overrides(overrides)
@@ -207,7 +208,8 @@ def train_command(
     cfg = load_config(config, extra, overlays or [])
     train_data, held_out = resolve_train_data(out, data, eval_data)
     with stage_console(out, verbose) as shown:
-        result = run_training(cfg, train_data, out, eval_data=held_out)
+        validation = curve_validation(cfg, str(out.resolve()))
+        result = run_training(cfg, train_data, out, eval_data=held_out, validation=validation)
         shown.stage_finished(out.name, result.wall_time_s)
     typer.echo(json.dumps(result.to_json(), indent=2, default=str))
 

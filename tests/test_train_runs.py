@@ -66,10 +66,11 @@ def train(ray_session, tiny_model_path, tmp_path_factory):
     from med42ray.checkpoint_eval import curve_validation
     from med42ray.train import run_training
 
-    def _run(name, cfg, out=None, **kwargs):
+    def _run(name, cfg, out=None, score_curve=True, **kwargs):
         out = out or tmp_path_factory.mktemp(name)
         where = str(kwargs.get("export_to") or Path(out).resolve())
-        return run_training(cfg, FIXTURE, out, validation=curve_validation(cfg, where), **kwargs)
+        validation = curve_validation(cfg, where) if score_curve else None
+        return run_training(cfg, FIXTURE, out, validation=validation, **kwargs)
 
     return _run
 
@@ -93,9 +94,13 @@ def ddp_run(train):
 @pytest.fixture(scope="module")
 def one_worker_run(train):
     """DDP on one worker reading the two fixed data shards `ddp_run`'s two workers read, with
-    the same 4 rows a step (2 micro-batches of 2 rows instead of 2 x 2 of 1)."""
+    the same 4 rows a step (2 micro-batches of 2 rows instead of 2 x 2 of 1). Its config asks
+    for a benchmark curve but the trainer gets no validation task (as a sweep trial, the
+    training bench): no checkpoint may ask Ray Train to score itself."""
     settings = {"resources.num_workers": 1, "train.data_shards": 2, "train.micro_batch_size": 2}
-    return train("one_worker", config(**{"train.deepspeed.enabled": False, **settings}))
+    settings["train.curve"] = {"eval_every_checkpoint": 1, "benchmarks": ["medqa"]}
+    cfg = config(**{"train.deepspeed.enabled": False, **settings})
+    return train("one_worker", cfg, score_curve=False)
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +228,7 @@ def test_fixed_data_shards_train_the_same_steps_on_fewer_workers(one_worker_run,
     sees the same tokens at every step."""
     assert one_worker_run.state["world_size"] == 1
     assert curve(one_worker_run, "tokens") == curve(ddp_run, "tokens")
+    assert not (one_worker_run.metrics_path.parent / "curve").exists()  # nothing scored
     assert curve(one_worker_run, "label_tokens") == curve(ddp_run, "label_tokens")
     assert_curves_close(one_worker_run, ddp_run)
 

@@ -157,6 +157,8 @@ class FinetuneRecipe:
         self.export_to: str = config["export_to"]
         self.fail_once: dict[str, Any] | None = config.get("fail_once")
         self.dataset_names: list[str] = config.get("datasets", ["train"])
+        # the trainer has the curve's validation task (`build_trainer(validation=...)`)
+        self.scores_curve: bool = config.get("curve", False)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.use_gpu = self.cfg.resources.use_gpu
@@ -452,7 +454,7 @@ class FinetuneRecipe:
         validation task; before the last step it carries its own export (`curve_export/`)."""
         import ray.train
 
-        curve = curve_due(self.cfg.train, self.step, final)
+        curve = self.scores_curve and curve_due(self.cfg.train, self.step, final)
         with (
             staging("ckpt") as tmp,
             staging("export") as export_tmp,

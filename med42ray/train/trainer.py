@@ -192,7 +192,8 @@ def build_trainer(
     `out/ray_results`; `reserved_cpus` are CPUs other work (e.g. concurrent sweep trials) holds,
     counted when deciding whether Ray Data can stream next to the workers. Rank 0 publishes
     the final export to `export_to` (default `out`). `validation` is Ray Train's
-    `ValidationConfig` of the benchmark curve (`med42ray.checkpoint_eval.curve_validation`).
+    `ValidationConfig` of the benchmark curve (`med42ray.checkpoint_eval.curve_validation`);
+    without it no checkpoint is scored, whatever `train.curve` says (a sweep's trials).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -220,6 +221,7 @@ def build_trainer(
             "export_to": export_location(export_to, Path(out)),
             "fail_once": _fail_once_hook(),
             "datasets": sorted(datasets),
+            "curve": validation is not None,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers,
