@@ -234,6 +234,30 @@ def test_guard_refuses_packed_rows_a_kernel_could_read_across(tokenizer):
     check_isolated(collate(unpacked, tokenizer.pad_token_id)["inputs"], "flash_attention_2")
 
 
+def test_output_layer_on_label_positions_only_gives_the_same_loss_and_gradients(tokenizer, model):
+    """`trained_positions`: logits only where a next token trains, for a flattened packed
+    row and for padded rows of different lengths; loss and every gradient as the HF forward
+    over all positions, with a fraction of the logits."""
+    import copy
+
+    from med42ray.train.engines import trained_positions
+
+    samples = [tokenize_chat(tokenizer, chat, 128) for chat in CHATS[:3]]
+    packed, _ = build_rows(samples, 128, tokenizer.pad_token_id, packing=True)
+    unpacked, _ = build_rows(samples, 128, tokenizer.pad_token_id, packing=False)
+    for rows in (packed[:2], unpacked):
+        inputs = collate(rows, tokenizer.pad_token_id)["inputs"]
+        nets = [copy.deepcopy(model).train() for _ in range(2)]
+        full = nets[0](**inputs, use_cache=False)
+        kept = nets[1](**inputs, **trained_positions(inputs["labels"]), use_cache=False)
+        assert kept.logits.shape[1] < 0.8 * full.logits.shape[1]
+        torch.testing.assert_close(kept.loss, full.loss, rtol=1e-6, atol=0)
+        full.loss.backward()
+        kept.loss.backward()
+        for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7)
+
+
 def test_step_loss_is_the_token_mean_over_uneven_micro_batches(tiny_config, tokenizer, model):
     """One optimiser step over micro-batches with very different label-token counts (a short
     answer, then long dialogues) moves the weights exactly as one big batch whose loss is
@@ -353,13 +377,21 @@ def test_mfu_counts_lora_backward_and_attention_per_sample(tiny_config, model):
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     attn = 6 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim * (100**2 + 20**2)
     assert full.step_flops(120, 100**2 + 20**2) == pytest.approx(6 * n * 120 + attn, rel=1e-6)
-    embedding = model.get_input_embeddings().weight
-    embedding.requires_grad_(False)  # as under LoRA: frozen
+    frozen = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    for weight in frozen:  # as under LoRA: frozen
+        weight.requires_grad_(False)
     try:
         lora = ModelFlops.of(model, trainable_params=1000)
     finally:
-        embedding.requires_grad_(True)
+        for weight in frozen:
+            weight.requires_grad_(True)
     assert lora.step_flops(120, 0) == pytest.approx((4 * n + 2 * 1000) * 120)
+    # the output layer only on the 30 label positions: its FLOPs on the other 90 are not done
+    head = model.get_output_embeddings().weight.numel()
+    assert full.step_flops(120, 0, head_tokens=30) == pytest.approx(
+        (6 * n - 6 * head * 90 / 120) * 120
+    )
+    assert lora.step_flops(120, 0, 30) == pytest.approx((4 * n + 2 * 1000) * 120 - 4 * head * 90)
     assert device_peak_flops("NVIDIA H200", "bf16") == 989e12
     assert device_peak_flops("NVIDIA H100 PCIe", "bf16") == 756e12
     assert device_peak_flops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5e12

@@ -32,8 +32,25 @@ from med42ray.train.deepspeed_config import build_deepspeed_config
 from med42ray.train.optim import build_optimizer, build_scheduler, lr_lambda
 from med42ray.train.packing import check_isolated
 from med42ray.train.strategies import Strategy
+from med42ray.train.tokenize import IGNORE_INDEX
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def trained_positions(labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The output layer and the loss only where a next token is trained: the model's
+    `logits_to_keep` (positions t whose label t+1 is not ignored, in any row) and the labels
+    already shifted onto them (`shift_labels`, which transformers' causal-LM loss and Liger's
+    fused linear-cross-entropy take as given).
+
+    Why: with assistant-only labels most positions (system prompt, question, options) train
+    nothing, yet the HF forward computes [tokens x vocab] logits and a log-softmax for all of
+    them. The loss and every gradient are the same (ignored positions contribute zero); the
+    output layer's matmuls and the logits' memory shrink to the label positions (measured on 2
+    CPU cores, tiny Llama, 41% label tokens: forward + backward of a packed step 1.2x faster).
+    """
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    return {"logits_to_keep": keep, "shift_labels": labels[:, keep + 1]}
 
 
 class TrainingEngine(ABC):
@@ -64,7 +81,7 @@ class TrainingEngine(ABC):
         (label tokens of the whole step, all workers) is given, else its own token mean.
         Refuses a packed layout that a kernel could read across samples (`check_isolated`)."""
         check_isolated(inputs, getattr(self.module.config, "_attn_implementation", None))
-        extra = {}
+        extra = trained_positions(inputs["labels"])
         if step_tokens is not None:
             extra["num_items_in_batch"] = torch.tensor(step_tokens, device=self.device)
         with self._autocast():

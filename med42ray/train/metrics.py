@@ -57,14 +57,17 @@ class ModelFlops:
     where N leaves out the input embedding (a lookup, unless tied to the output layer).
     Attention adds, per sample of length s, 6·L·d·s² (causal: half of QKᵀ and of AV, forward
     plus twice that backward); packed samples attend only to themselves, so it is summed
-    per sample, not per row. Recomputation under activation checkpointing is not counted
-    (that would be hardware FLOPs, not model FLOPs).
+    per sample, not per row. The output layer counts only on the positions it runs on (our
+    loop: the label positions, `engines.trained_positions`). Recomputation under activation
+    checkpointing is not counted (that would be hardware FLOPs, not model FLOPs).
     """
 
     matmul_params: int
     trainable_params: int  # those of them that train
     layers: int
     attention_width: int
+    output_params: int = 0  # the output layer's (its matmul runs on `head_tokens` only)
+    output_trains: bool = False
 
     @classmethod
     def of(cls, model, trainable_params: int) -> ModelFlops:
@@ -83,12 +86,20 @@ class ModelFlops:
             trainable_params=trainable_params - (lookup if embedding.requires_grad else 0),
             layers=config.num_hidden_layers,
             attention_width=heads * head_dim,
+            output_params=0 if output is None else param_numel(output.weight),
+            output_trains=output is not None and output.weight.requires_grad,
         )
 
-    def step_flops(self, tokens: float, attention_pairs: float) -> float:
+    def step_flops(
+        self, tokens: float, attention_pairs: float, head_tokens: float | None = None
+    ) -> float:
         """FLOPs of a step over `tokens` non-padding tokens whose samples' squared lengths
-        sum to `attention_pairs`."""
+        sum to `attention_pairs`, the output layer run on `head_tokens` of them (all if
+        None)."""
         dense = (4 * self.matmul_params + 2 * self.trainable_params) * tokens
+        if head_tokens is not None:
+            skipped = (4 + 2 * self.output_trains) * self.output_params
+            dense -= skipped * (tokens - head_tokens)
         return dense + 6 * self.layers * self.attention_width * attention_pairs
 
 

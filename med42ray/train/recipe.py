@@ -396,7 +396,7 @@ class FinetuneRecipe:
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
         }
-        flops = self.flops.step_flops(real, sums["attention_pairs"])
+        flops = self.flops.step_flops(real, sums["attention_pairs"], sums["num_label_tokens"])
         metrics["model_tflops_per_s_per_device"] = flops / seconds / self.world / 1e12
         utilisation = mfu(flops / seconds / self.world, self.peak_flops)
         if utilisation is not None:
