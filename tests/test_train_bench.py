@@ -42,6 +42,19 @@ def test_ratios_per_strategy_and_the_worse_one_unprefixed():
     assert r["ours_vs_trl_packed_per_cpu_s"] == pytest.approx(1.0)
 
 
+def test_median_run_takes_the_median_repeat_and_both_medians():
+    runs = [
+        {"real_tokens_per_s": 90.0, "real_tokens_per_cpu_s": 50.0, "losses": [3.0]},
+        {"real_tokens_per_s": 120.0, "real_tokens_per_cpu_s": 40.0, "losses": [1.0]},
+        {"real_tokens_per_s": 100.0, "real_tokens_per_cpu_s": 60.0, "losses": [2.0]},
+    ]
+    out = train_bench.median_run(runs)
+    assert out["real_tokens_per_s"] == 100.0 and out["losses"] == [2.0]  # the middle run's
+    assert out["real_tokens_per_cpu_s"] == 50.0  # the median of its own, not the run's 60
+    assert out["real_tokens_per_s_repeats"] == [90.0, 120.0, 100.0]
+    assert train_bench.median_run(runs[:1])["real_tokens_per_s"] == 90.0
+
+
 def test_step_log_counts_a_padding_free_batch_per_sample():
     import torch
 
