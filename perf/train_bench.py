@@ -30,7 +30,9 @@ which other processes' load moves less. Step time is compute only (collation inc
 ours, the trainers' batch fetch before `on_step_begin` not included for the baselines). The
 same run repeated on this shared 2-core machine moves by up to ~25%, so each trainer runs
 `--repeats` times (default 3), interleaved (ours, then each baseline, then again), and its
-figure is the median over the repeats (every repeat's is in the JSON).
+figure is the median over the repeats (every repeat's is in the JSON). `paired_steps` adds a
+drift-free figure for the model step alone: our step and the grouped HF Trainer's, taken in
+turn in one process (`<strategy>_step_ours_vs_hf_grouped_paired`).
 
 Loss agreement: every run draws different batches (its own packing and shuffle), so per-step
 losses differ by batch composition, not by the trainer; what must agree is the curve. Each
@@ -427,6 +429,79 @@ def baseline_main(spec_path: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(run(spec)))
 
 
+# ------------------------------------------------------------------ paired model steps
+def paired_steps(cfg, model_path: str, samples: list, batch_size: int, steps: int) -> dict:
+    """Our step against the grouped HF Trainer's, alternating in this one process.
+
+    Separate runs drift with the machine (the same run moves by up to ~25% here); steps
+    taken in turn see the same machine. Two copies of the model as our loop builds it, each
+    with its own AdamW: ours takes `PACKED_ROWS` packed rows flattened into one row (per-sample
+    sdpa, the output layer on the label positions, `engines.trained_positions`); the HF step
+    takes `batch_size` samples from transformers' `LengthGroupedSampler` padded by
+    `DataCollatorForSeq2Seq`, through the model's own full forward, as the Trainer does. Each
+    step is timed from collation to `zero_grad`; throughput is non-padding tokens over the
+    summed step times after `WARMUP` steps. It leaves out what the trainers add around the
+    step (Ray Train's worker, the Trainer's loop), which the separate runs above include."""
+    import random
+
+    import torch
+    from transformers import DataCollatorForSeq2Seq
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from med42ray.models import load_tokenizer
+    from med42ray.train.attention import VARLEN_SDPA
+    from med42ray.train.engines import trained_positions
+    from med42ray.train.optim import build_optimizer
+    from med42ray.train.packing import build_rows, collate
+    from med42ray.train.strategies import build_strategy
+
+    torch.set_num_threads(CPUS)
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    pad = tokenizer.pad_token_id
+    rows, _ = build_rows(samples, SEQ, pad, packing=True)
+    random.Random(cfg.train.seed).shuffle(rows)
+    order = list(
+        LengthGroupedSampler(
+            batch_size,
+            lengths=[len(x) for x in samples],
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
+    )
+    pad_batch = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+
+    def ours_batch(i: int) -> tuple[dict, int]:
+        inputs = collate(rows[i * PACKED_ROWS : (i + 1) * PACKED_ROWS], pad, VARLEN_SDPA)["inputs"]
+        return {**inputs, **trained_positions(inputs["labels"])}, inputs["input_ids"].numel()
+
+    def hf_batch(i: int) -> tuple[dict, int]:
+        chosen = [samples[j] for j in order[i * batch_size : (i + 1) * batch_size]]
+        batch = pad_batch([{"input_ids": x.input_ids, "labels": x.labels} for x in chosen])
+        return batch, int(batch["attention_mask"].sum())
+
+    strategy = build_strategy(cfg, model_path)
+    max_norm = cfg.train.max_grad_norm if cfg.train.max_grad_norm > 0 else float("inf")
+    timed: dict[str, list[tuple[int, float]]] = {"ours": [], "hf_grouped": []}
+    trainers = {}
+    for kind, batches in (("ours", ours_batch), ("hf_grouped", hf_batch)):
+        torch.manual_seed(cfg.train.seed)
+        model = strategy.build_model(torch.float32, False).train()
+        trainers[kind] = (model, build_optimizer(model.parameters(), cfg.train.optimizer), batches)
+    for i in range(min(steps, len(rows) // PACKED_ROWS, len(order) // batch_size)):
+        for kind, (model, optimizer, batches) in trainers.items():
+            start = time.perf_counter()
+            batch, tokens = batches(i)
+            model(**batch, use_cache=False).loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            timed[kind].append((tokens, time.perf_counter() - start))
+    rates = {
+        kind: sum(n for n, _ in pairs[WARMUP:]) / sum(t for _, t in pairs[WARMUP:])
+        for kind, pairs in timed.items()
+    }
+    return {"real_tokens_per_s": rates, "ratio": rates["ours"] / rates["hf_grouped"]}
+
+
 # ---------------------------------------------------------------------------- comparison
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One figure per trainer from its repeats: the run of median throughput (its loss curve
@@ -564,6 +639,7 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"packed rows/step, HF Trainer: {batch_size} padded samples/step"
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    paired: dict[str, dict[str, Any]] = {}
     for strategy in args.strategies:
         cfg = experiment(strategy, args.steps)
         spec = {
@@ -584,6 +660,10 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 size = PACKED_ROWS if kind == "trl_packed" else batch_size
                 repeats[kind].append(run_baseline(kind, {**spec, "batch_size": size}, folder))
         results[strategy] = {kind: median_run(runs) for kind, runs in repeats.items()}
+        paired[strategy] = paired_steps(cfg, model_path, samples, batch_size, args.steps + WARMUP)
+        print(
+            f"{strategy}: paired model steps, ours vs grouped HF: {paired[strategy]['ratio']:.2f}x"
+        )
     agreement = {
         s: {k: loss_agreement(r["ours"]["losses"], r[k]["losses"]) for k in r if k != "ours"}
         for s, r in results.items()
@@ -592,7 +672,11 @@ def run_all(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         s: r["trl_packed"]["data_label_tokens"] for s, r in results.items() if "trl_packed" in r
     }
     return {
-        "ratios": ratios(results),
+        "ratios": {
+            **ratios(results),
+            **{f"{s}_step_ours_vs_hf_grouped_paired": p["ratio"] for s, p in paired.items()},
+        },
+        "paired_steps": paired,
         "targets": {f"ours_vs_{k}": v for k, v in TARGETS.items()},
         "runs": results,
         "loss_agreement": agreement,

@@ -1,6 +1,7 @@
-"""The training benchmarks' bookkeeping (perf/train_bench.py, perf/gpu_train.py), without
-training: the loss-curve check, the ratios, the token and attention counts of a TRL
-padding-free batch, and the GPU script's shapes. The benchmarks themselves are run by hand."""
+"""The training benchmarks' bookkeeping (perf/train_bench.py, perf/gpu_train.py): the
+loss-curve check, the ratios, the token and attention counts of a TRL padding-free batch, the
+GPU script's shapes, and a few paired model steps on the small test model. The benchmarks
+themselves are run by hand."""
 
 from __future__ import annotations
 
@@ -113,3 +114,23 @@ def test_step_log_summary_counts_model_flops_and_no_mfu_without_a_peak():
     assert out["model_tflops_per_s_per_device"] == pytest.approx(sum(per_s) / 2 / 1e12)
     with_peak = log.summary(trainer, warmup=1, flops=flops, peak=1e6)
     assert with_peak["mfu"] == pytest.approx(sum(per_s) / 2 / 1e6)
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_paired_steps_train_both_copies_on_their_own_batches(strategy, tiny_model_path):
+    """Ours takes packed rows (no padding), the HF step grouped padded samples; both count
+    the non-padding tokens they trained on."""
+    from med42ray.train.tokenize import tokenize_chat
+
+    from .conftest import small_config
+
+    cfg = small_config(overrides={"train.strategy": strategy, "train.max_seq_len": 512})
+    from med42ray.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, str(tiny_model_path))
+    chats = train_bench.mixed_length_chats(60)
+    samples = [tokenize_chat(tokenizer, c["messages"], 512) for c in chats]
+    out = train_bench.paired_steps(cfg, str(tiny_model_path), samples, 4, train_bench.WARMUP + 2)
+    rates = out["real_tokens_per_s"]
+    assert set(rates) == {"ours", "hf_grouped"} and min(rates.values()) > 0
+    assert out["ratio"] == pytest.approx(rates["ours"] / rates["hf_grouped"])
