@@ -26,8 +26,9 @@ from ~20 to ~450 tokens as in real instruction corpora. Throughput is the median
 (after `WARMUP` steps) of non-padding tokens / step time; the HF batch size gives about the
 packed rows' non-padding tokens per step. Wall-clock steps are noisy on a shared machine, so
 it also reports non-padding tokens per CPU-second of the training process (all its threads),
-which other processes' load moves less. Step time is compute only (collation included for
-ours, the trainers' batch fetch before `on_step_begin` not included for the baselines). The
+which other processes' load moves less. Step time is the step's compute plus its batch's
+collation for every trainer (the trainers collate before `on_step_begin`: the bench times
+their collator and adds it; our loop's step includes its own). The
 same run repeated on this shared 2-core machine moves by up to ~25%, so each trainer runs
 `--repeats` times (default 3), interleaved (ours, then each baseline, then again), and its
 figure is the median over the repeats (every repeat's is in the JSON). `paired_steps` adds a
@@ -246,6 +247,7 @@ class StepLog:
         self.cpu: list[float] = []
         # (non-padding tokens, slots, sum of squared sample lengths) per batch
         self.counts: list[tuple[int, int, int]] = []
+        self.collation: list[tuple[float, float]] = []  # (wall, CPU) seconds per batch
         self.cuda = cuda
 
     def callback(self):
@@ -275,7 +277,9 @@ class StepLog:
         """`collate`, recording each batch's non-padding tokens and slots."""
 
         def wrapped(features):
+            start, cpu = time.perf_counter(), time.process_time()
             batch = collate(features)
+            self.collation.append((time.perf_counter() - start, time.process_time() - cpu))
             ids = batch["input_ids"]
             if padding_free:  # one row; a sample starts where its positions restart at 0
                 starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
@@ -295,7 +299,8 @@ class StepLog:
         import torch
 
         real, slots, squares = zip(*self.counts[: len(self.times)], strict=True)
-        pairs = list(zip(real, self.times, self.cpu, strict=True))[warmup:]
+        times, cpu = self.step_seconds()
+        pairs = list(zip(real, times, cpu, strict=True))[warmup:]
         if self.cuda:
             memory = torch.cuda.max_memory_allocated() / 2**20
         else:
@@ -308,15 +313,26 @@ class StepLog:
             "padding_share": 1 - sum(real) / sum(slots),
             "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h],
             "torch_threads": torch.get_num_threads(),
-            **self._flops(real, squares, warmup, flops, peak),
+            **self._flops(real, squares, times, warmup, flops, peak),
         }
 
-    def _flops(self, real, squares, warmup: int, flops, peak: float | None) -> dict[str, float]:
+    def step_seconds(self) -> tuple[list[float], list[float]]:
+        """(wall, CPU) seconds per step, each with its batch's collation, which the trainers
+        run before `on_step_begin` (our loop's step time includes its own collation)."""
+        collation = self.collation[: len(self.times)]
+        collation += [(0.0, 0.0)] * (len(self.times) - len(collation))
+        wall = [t + c for t, (c, _) in zip(self.times, collation, strict=True)]
+        cpu = [t + c for t, (_, c) in zip(self.cpu, collation, strict=True)]
+        return wall, cpu
+
+    def _flops(
+        self, real, squares, times, warmup: int, flops, peak: float | None
+    ) -> dict[str, float]:
         if flops is None:
             return {}
         per_s = [
             flops.step_flops(n, sq) / s
-            for n, sq, s in list(zip(real, squares, self.times, strict=True))[warmup:]
+            for n, sq, s in list(zip(real, squares, times, strict=True))[warmup:]
         ]
         out = {"model_tflops_per_s_per_device": statistics.median(per_s) / 1e12}
         if peak:

@@ -134,3 +134,20 @@ def test_paired_steps_train_both_copies_on_their_own_batches(strategy, tiny_mode
     rates = out["real_tokens_per_s"]
     assert set(rates) == {"ours", "hf_grouped"} and min(rates.values()) > 0
     assert out["ratio"] == pytest.approx(rates["ours"] / rates["hf_grouped"])
+
+
+def test_step_log_adds_each_batch_collation_to_its_step():
+    """The trainers collate before `on_step_begin`; the step's time includes it, as ours does."""
+    log = train_bench.StepLog()
+    collate = log.counting(lambda features: {"input_ids": features, "attention_mask": features})
+    import torch
+
+    for _ in range(2):
+        collate(torch.ones(2, 3, dtype=torch.long))
+    assert len(log.collation) == 2 and all(wall >= 0 for wall, _ in log.collation)
+    assert log.counts == [(6, 6, 18)] * 2
+    log.times, log.cpu = [1.0, 2.0], [1.5, 2.5]
+    log.collation = [(0.25, 0.5), (0.5, 0.25)]
+    assert log.step_seconds() == ([1.25, 2.5], [2.0, 2.75])
+    log.collation = []  # none recorded (a custom loop): the steps as timed
+    assert log.step_seconds() == ([1.0, 2.0], [1.5, 2.5])
