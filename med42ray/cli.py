@@ -6,6 +6,7 @@ entry point; no stage logic lives here. Bad input exits non-zero with a one-line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -214,15 +215,18 @@ def train_command(
     typer.echo(json.dumps(result.to_json(), indent=2, default=str))
 
 
+@contextlib.contextmanager
 def stage_console(out: Path, verbose: bool):
     """The console of a one-stage command: its output in `OUT/../logs/<OUT name>.log` (where
-    `run` keeps a stage's), a first line saying where it runs."""
-    from med42ray.console import run_console
+    `run` keeps a stage's), a first line saying where it runs; Ray is shut down into that log
+    before the command prints its result (its last forwarded lines would follow it)."""
+    from med42ray.console import end_quietly, run_console
 
     out = Path(out)
-    shown = run_console(out.parent / "logs", verbose, name=out.name)
     typer.echo(f"{out.name}: running in {out}  (log: {out.parent / 'logs' / out.name}.log)")
-    return shown
+    with run_console(out.parent / "logs", verbose, name=out.name) as shown:
+        yield shown
+    end_quietly(restore=True)
 
 
 def resolve_train_data(out: Path, data: str | None, eval_data: str | None):

@@ -285,9 +285,11 @@ class LogCapture:
 _LAST_LOG: Path | None = None  # where the last capture of this process wrote
 
 
-def end_quietly() -> None:
+def end_quietly(restore: bool = False) -> None:
     """At the end of a command: Ray's shutdown (and the workers' last lines its log monitor
-    still forwards) written to the last capture's log, not after the command's last line."""
+    still forwards) written to the last capture's log, not after the command's last line.
+    With `restore`, stdout and stderr are the console again afterwards (a stage command then
+    prints its result)."""
     if _LAST_LOG is None or "ray" not in sys.modules:
         return
     import ray
@@ -295,11 +297,17 @@ def end_quietly() -> None:
     if not ray.is_initialized():
         return
     _flush()
+    saved = [os.dup(1), os.dup(2)] if restore else []
     with open(_LAST_LOG, "a", encoding="utf-8") as handle:
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
-    ray.shutdown()
-    _flush()
+    try:
+        ray.shutdown()
+        _flush()
+    finally:
+        for fd, copy in zip((1, 2), saved, strict=False):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def _flush() -> None:

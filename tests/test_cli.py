@@ -189,3 +189,30 @@ def test_benchmarks_show_and_export_what_is_scored(tmp_path: Path) -> None:
     assert [r["choices"][r["gold"]] for r in rows] == [i.gold_text for i in items]
     provenance = json.loads((tmp_path / "provenance.json").read_text())
     assert provenance["headqa"]["items"] == len(items)
+
+
+def test_train_command_scores_its_curve_and_ends_on_its_result(tmp_path: Path) -> None:
+    """`med42ray train` with `train.curve` on: the curve is scored (the trainer gets the
+    validation task), Ray's output stays in the stage's log, and the console ends on the
+    result's JSON (Ray is shut down into the log before it is printed)."""
+    import json
+
+    fixture = REPO / "tests" / "fixtures" / "train" / "chat.jsonl"
+    out = tmp_path / "train-full"
+    settings = {
+        "train.max_steps": "2",
+        "train.checkpoint_every": "2",
+        "train.deepspeed.enabled": "false",
+        "resources.num_workers": "1",
+        "train.curve": "{eval_every_checkpoint: 1, benchmarks: [medqa], limit: 4}",
+    }
+    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    args = ("train", "configs/tiny.yaml", "--out", str(out), "--data", str(fixture))
+    result = run_cli(*args, *small_set_args(), *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("train-full: running in") and lines[-1] == "}"
+    assert json.loads(result.stdout[result.stdout.index("{") :])["final_metrics"]["step"] == 2
+    assert "Ray" not in result.stdout + result.stderr and "pid=" not in result.stderr
+    assert (out / "curve.csv").read_text().splitlines()[1].startswith("2,")
+    assert "Reporting training result" in (tmp_path / "logs" / "train-full.log").read_text()
