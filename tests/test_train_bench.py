@@ -28,6 +28,19 @@ def test_loss_agreement_skips_the_warmup_window_and_applies_the_tolerance():
     assert not train_bench.loss_agreement(ours[:5], close[:5])["within_tolerance"]  # no window
 
 
+def test_batch_order_effect_compares_the_grouped_trainer_with_its_random_batches():
+    random_run = {"losses": [4.0] * 10 + [2.0] * 10}
+    grouped = {"losses": [4.0] * 10 + [2.5] * 10}
+    results = {
+        "full": {"hf_random": random_run, "hf_grouped": grouped, "ours": random_run},
+        "lora": {"hf_grouped": grouped, "ours": random_run},  # no random run: no yardstick
+    }
+    effect = train_bench.batch_order_effect(results)
+    assert list(effect) == ["full"]
+    assert effect["full"]["max_rel_diff"] == pytest.approx(0.25)
+    assert effect["full"]["baseline"] == [4.0, 2.5]
+
+
 def test_ratios_per_strategy_and_the_worse_one_unprefixed():
     def run(tok_s: float, per_cpu: float) -> dict:
         return {"real_tokens_per_s": tok_s, "real_tokens_per_cpu_s": per_cpu}
