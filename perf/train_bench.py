@@ -46,7 +46,7 @@ also compares the grouped HF Trainer's curve with its own random-batch run
 (`batch_order_effect`): the same trainer, so what the batch order alone does.
 
     bash perf/setup_bench.sh trl                    # TRL 1.16 into .venv-trl (once)
-    .venv/bin/python perf/train_bench.py --json train_bench.json   # ~15 min on 2 CPU cores
+    .venv/bin/python perf/train_bench.py --json train_bench.json   # ~10 min on 2 CPU cores
 
 Targets: ours >= 1.0x TRL packed and >= 1.5x the grouped HF Trainer (non-padding tokens/s),
 for full fine-tuning and LoRA; loss curves within tolerance. `--json` writes
