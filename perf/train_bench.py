@@ -80,13 +80,13 @@ SEQ = 512  # room for the longest chat; rows hold ~4 chats on average
 PACKED_ROWS = 2  # packed rows per step (~2 x 500 real tokens)
 CPUS = int(os.environ.get("BENCH_CPUS", "2"))
 REPEATS = 3  # a shared 2-core machine moves one run's throughput by up to ~25%
-LOSS_WINDOW = 10
 # One learning rate for full and LoRA. The demo's LoRA override (3e-3, for 6 epochs with
 # adapters at alpha/r = 8) sits at the edge of stability on these 60 steps: over three data
 # orders, packed and grouped batches alike, its last 10-step window ended anywhere from 2.6 to
 # 4.1 (one order's grad norm 166), so the curves compared draw luck, not trainers. At 1e-3 the
 # same six runs end at 1.52-1.58 and agree window by window (LoRA learns faster there, too).
 LR = 1e-3
+LOSS_WINDOW = 10
 LOSS_RTOL = 0.15
 BASELINES = ("trl_packed", "hf_grouped", "hf_random")
 TARGETS = {"trl_packed": 1.0, "hf_grouped": 1.5}  # ours / baseline, non-padding tokens/s
@@ -610,8 +610,10 @@ def print_table(results: dict[str, dict[str, dict[str, Any]]]) -> None:
             )
 
 
-def verdicts(results, agreement, rat: dict[str, float]) -> list[str]:
-    """One line per strategy and baseline: ratios against the targets, loss agreement."""
+def verdicts(doc: dict[str, Any]) -> list[str]:
+    """One line per strategy and baseline of `run_all`'s document: ratios against the targets,
+    loss agreement; then the batch order's own effect per strategy."""
+    results, agreement, rat = doc["runs"], doc["loss_agreement"], doc["ratios"]
     lines = []
     for strategy, runs in results.items():
         for kind in runs:
@@ -630,7 +632,7 @@ def verdicts(results, agreement, rat: dict[str, float]) -> list[str]:
                 f"(tolerance {agree['rtol']:.0%}) -> "
                 + ("PASS" if ok else "MISS" if target else ("ok" if ok else "loss MISS"))
             )
-    for strategy, effect in batch_order_effect(results).items():
+    for strategy, effect in doc["batch_order_effect"].items():
         lines.append(
             f"{strategy}: hf_grouped vs hf_random (one trainer, grouped vs random batches), "
             f"loss windows max rel. diff {effect['max_rel_diff']:.1%}: the batch order's own effect"
@@ -749,7 +751,7 @@ def main(argv: list[str] | None = None) -> None:
     for strategy, count in labels["trl_packed"].items():
         same = "same" if count == labels["ours"] else "DIFFERENT"
         print(f"{strategy}: label tokens in the data: ours {labels['ours']}, TRL {count} ({same})")
-    for line in verdicts(doc["runs"], doc["loss_agreement"], doc["ratios"]):
+    for line in verdicts(doc):
         print(line)
     out = args.json or work / "results.json"
     out.write_text(json.dumps(doc, indent=2))

@@ -133,13 +133,12 @@ def test_step_log_summary_counts_model_flops_and_no_mfu_without_a_peak():
 def test_paired_steps_train_both_copies_on_their_own_batches(strategy, tiny_model_path):
     """Ours takes packed rows (no padding), the HF step grouped padded samples; both count
     the non-padding tokens they trained on."""
+    from med42ray.models import load_tokenizer
     from med42ray.train.tokenize import tokenize_chat
 
     from .conftest import small_config
 
     cfg = small_config(overrides={"train.strategy": strategy, "train.max_seq_len": 512})
-    from med42ray.models import load_tokenizer
-
     tokenizer = load_tokenizer(cfg.model, str(tiny_model_path))
     chats = train_bench.mixed_length_chats(60)
     samples = [tokenize_chat(tokenizer, c["messages"], 512) for c in chats]
@@ -151,10 +150,10 @@ def test_paired_steps_train_both_copies_on_their_own_batches(strategy, tiny_mode
 
 def test_step_log_adds_each_batch_collation_to_its_step():
     """The trainers collate before `on_step_begin`; the step's time includes it, as ours does."""
-    log = train_bench.StepLog()
-    collate = log.counting(lambda features: {"input_ids": features, "attention_mask": features})
     import torch
 
+    log = train_bench.StepLog()
+    collate = log.counting(lambda features: {"input_ids": features, "attention_mask": features})
     for _ in range(2):
         collate(torch.ones(2, 3, dtype=torch.long))
     assert len(log.collation) == 2 and all(wall >= 0 for wall, _ in log.collation)
